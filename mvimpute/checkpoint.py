@@ -1,0 +1,58 @@
+"""Self-describing checkpoints: weights + model name + configs + scaling statistics + view schema."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .data.multiview import ViewSchema
+from .models import build_model
+from .models.base import ImputationModel, ViewInfo
+
+FORMAT = "mvimpute-checkpoint"
+VERSION = 1
+
+
+def view_infos(schema: ViewSchema) -> list[ViewInfo]:
+    return [ViewInfo(v, len(cols), schema.likelihoods[v]) for v, cols in schema.columns.items()]
+
+
+def checkpoint_dict(model: ImputationModel, schema: ViewSchema, train_config=None, extra: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.name,
+        "model_config": asdict(model.config),
+        "train_config": asdict(train_config) if train_config is not None else None,
+        "schema": schema.state(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+
+
+def save_checkpoint(path: str | Path, model: ImputationModel, schema: ViewSchema, train_config=None, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(checkpoint_dict(model, schema, train_config, extra), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ImputationModel, ViewSchema, dict]:
+    """Rebuild the model and schema from a checkpoint file alone."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an mvimpute checkpoint")
+    if state["version"] > VERSION:
+        raise ValueError(f"{path} has checkpoint version {state['version']}; this mvimpute reads ≤ {VERSION}")
+    schema = ViewSchema.from_state(state["schema"])
+    model = build_model(state["model"], view_infos(schema), **state["model_config"])
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    return model, schema, state

@@ -1,0 +1,180 @@
+"""`MultiViewImputer`: the public, scikit-learn-like entry point (in-process, no Ray needed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .batch import MultiViewBatch
+from .checkpoint import load_checkpoint, save_checkpoint, view_infos
+from .data.multiview import MultiViewData, ViewSchema, as_multiview
+from .models import MODEL_REGISTRY, build_model
+from .models.base import config_from_kwargs
+from .training import TrainConfig, TrainingLoop, ValidationSet, resolve_device, shuffled_batches
+
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+CHUNK = 4096
+
+
+class MultiViewImputer:
+    """Fill missing entries and whole missing views with a generative multi-view model.
+
+    `model` is one of the registry's names ("tae", "jpvae", "mvae", "miwae"); keyword arguments
+    are split between the training loop (`epochs`, `batch_size`, `lr`, `patience`, `val_frac`,
+    `seed`, `device`, `progress`, ...) and the model's own config (e.g. `prior`, `alpha`,
+    `latent_dim` for JPVAE; `C`, `lam` for TAE). An unknown name is a `ValueError`.
+    `likelihoods` / `scalings` override the per-view choices inferred from the data.
+    """
+
+    def __init__(
+        self,
+        model: str = "jpvae",
+        *,
+        likelihoods: Mapping[str, str] | None = None,
+        scalings: Mapping[str, str] | None = None,
+        **params,
+    ) -> None:
+        if model not in MODEL_REGISTRY:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
+        self.model_name = model
+        self.likelihoods = dict(likelihoods or {})
+        self.scalings = dict(scalings or {})
+        self.train_config = TrainConfig(**{k: v for k, v in params.items() if k in TRAIN_KEYS})
+        self.model_params = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
+        config_from_kwargs(MODEL_REGISTRY[model].config_class, self.model_params, model)  # validate now
+        self.model_ = None
+        self.schema_: ViewSchema | None = None
+        self.history_: list[dict] = []
+        self.fit_seconds_: float | None = None
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.model_params.items())
+        return f"MultiViewImputer(model={self.model_name!r}{', ' + params if params else ''}, epochs={self.train_config.epochs})"
+
+    # -- training
+    def fit(self, views, validation=None) -> MultiViewImputer:
+        """Train on `views` (dict of arrays/DataFrames with NaN for missing, or `MultiViewData`).
+
+        A share `val_frac` of the samples is held out for the self-supervised validation score that
+        drives early stopping, unless `validation` data are given.
+        """
+        cfg = self.train_config
+        torch.manual_seed(cfg.seed)
+        data = as_multiview(views, self.likelihoods or None)
+        MultiViewData(data.views, allow_empty_rows=False)
+        device = resolve_device(cfg.device)
+        rng = np.random.default_rng(cfg.seed)
+        if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:
+            perm = rng.permutation(data.n_samples)
+            n_val = max(2, int(round(cfg.val_frac * data.n_samples)))
+            train, val = data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+        else:
+            train, val = data, (as_multiview(validation) if validation is not None else None)
+        self.schema_ = ViewSchema.fit(train, self.scalings)
+        self.model_ = build_model(self.model_name, view_infos(self.schema_), **self.model_params).to(device)
+        train_batch = self.schema_.to_batch(train)
+        val_set = None
+        if val is not None:
+            val_batch = self.schema_.to_batch(self.schema_.check(val))
+            val_set = ValidationSet.from_batch(val_batch, cfg.val_hide_frac, cfg.val_view_frac, cfg.seed + 7)
+        loop = TrainingLoop(self.model_, cfg, device)
+        steps = max(1, -(-len(train_batch) // cfg.batch_size))
+        t0 = time.perf_counter()
+        result = loop.run(shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set)
+        self.model_.eval()
+        self.model_.after_fit(lambda: (b.to(device) for b in shuffled_batches(train_batch, CHUNK, 0)(0)))
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.model_ is None or self.schema_ is None:
+            raise RuntimeError("this MultiViewImputer is not fitted yet: call fit() or load()")
+
+    def _prepare(self, views) -> tuple[MultiViewData, MultiViewBatch]:
+        self._check_fitted()
+        data = self.schema_.check(views)
+        return data, self.schema_.to_batch(data)
+
+    def _device(self) -> torch.device:
+        return next(self.model_.parameters()).device
+
+    # -- imputation
+    @torch.no_grad()
+    def transform(self, views):
+        """Missing entries filled by the posterior mean; observed values returned untouched."""
+        data, batch = self._prepare(views)
+        self.model_.eval()
+        parts = [
+            {v: t.cpu().numpy() for v, t in self.model_.impute_mean(batch.select(slice(i, i + CHUNK)).to(self._device())).items()}
+            for i in range(0, len(batch), CHUNK)
+        ]
+        scaled = {v: np.concatenate([p[v] for p in parts]) for v in self.schema_.view_names}
+        filled = self.schema_.inverse(scaled)
+        out = {v: np.where(np.isnan(data.views[v]), filled[v], data.views[v]) for v in self.schema_.view_names}
+        return _like_input(views, data, out)
+
+    @torch.no_grad()
+    def sample(self, views, n_samples: int = 100) -> dict[str, np.ndarray]:
+        """Multiple imputation: dict view → (n_samples, n, d_v); observed entries keep their values."""
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
+        data, batch = self._prepare(views)
+        self.model_.eval()
+        chunk = max(1, CHUNK * 8 // n_samples)
+        parts = [
+            {v: t.cpu().numpy() for v, t in self.model_.impute(batch.select(slice(i, i + chunk)).to(self._device()), n_samples).items()}
+            for i in range(0, len(batch), chunk)
+        ]
+        out = {}
+        for v in self.schema_.view_names:
+            draws = np.concatenate([p[v] for p in parts], axis=1)
+            draws = self.schema_.scalers[v].inverse(draws.astype(np.float64))
+            out[v] = np.where(np.isnan(data.views[v])[None], draws, data.views[v][None])
+        return out
+
+    def fit_transform(self, views):
+        return self.fit(views).transform(views)
+
+    # -- persistence
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        return save_checkpoint(
+            path,
+            self.model_,
+            self.schema_,
+            self.train_config,
+            {"history": self.history_, "imputer": {"scalings": self.scalings, "likelihoods": self.likelihoods}},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> MultiViewImputer:
+        model, schema, state = load_checkpoint(path, map_location=resolve_device(device))
+        train_cfg = state.get("train_config") or {}
+        imp = cls(state["model"], **{**state["model_config"], **{k: v for k, v in train_cfg.items() if k in TRAIN_KEYS}})
+        imp.model_, imp.schema_ = model.to(resolve_device(device)), schema
+        imp.history_ = state.get("history", [])
+        return imp
+
+
+def _like_input(views, data: MultiViewData, out: dict[str, np.ndarray]):
+    """Return `out` in the caller's container: MultiViewData, wide DataFrame, dict of frames/arrays."""
+    if isinstance(views, MultiViewData):
+        return data.with_views(out)
+    if isinstance(views, pd.DataFrame):
+        return data.with_views(out).to_frame().set_axis(views.index, axis=0)
+    result = {}
+    for v, a in out.items():
+        given = views.get(v) if isinstance(views, Mapping) else None
+        if isinstance(given, pd.DataFrame):
+            result[v] = pd.DataFrame(a, index=given.index, columns=given.columns)
+        else:
+            result[v] = a
+    return result

@@ -1,0 +1,160 @@
+"""The shared model interface, the model registry and the pieces every model uses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+from ..batch import MultiViewBatch
+
+LIKELIHOODS = ("bernoulli", "gaussian", "poisson", "negative_binomial")
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """What a model needs to know of a view: its name, width and likelihood."""
+
+    name: str
+    dim: int
+    likelihood: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"view {self.name!r}: unknown likelihood {self.likelihood!r}; choose one of {LIKELIHOODS}"
+            )
+        if self.dim < 1:
+            raise ValueError(f"view {self.name!r} has no columns")
+
+
+@dataclass
+class LossOutput:
+    """The objective to minimise and its named parts (floats or 0-d tensors, for logging)."""
+
+    loss: torch.Tensor
+    components: dict[str, float] = field(default_factory=dict)
+
+    def detached(self) -> dict[str, float]:
+        return {"loss": float(self.loss.detach()), **{k: float(v) for k, v in self.components.items()}}
+
+
+class ImputationModel(nn.Module):
+    """Base class: `loss(batch, progress)` for training and `impute(batch, n_samples)` for use.
+
+    `progress` is the fraction of training done (0 → 1) and drives annealing schedules. `forward`
+    is `loss`, so a DistributedDataParallel wrapper synchronises gradients.
+    """
+
+    name: str = ""
+    config_class: type = object
+
+    def __init__(self, views: list[ViewInfo], config) -> None:
+        super().__init__()
+        if not views:
+            raise ValueError("a model needs at least one view")
+        self.view_infos = list(views)
+        self.config = config
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v.name for v in self.view_infos]
+
+    def forward(self, batch: MultiViewBatch, progress: float = 1.0) -> LossOutput:
+        return self.loss(batch, progress)
+
+    def loss(self, batch: MultiViewBatch, progress: float = 1.0) -> LossOutput:
+        raise NotImplementedError
+
+    def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
+        """Draws (n_samples, n, d_v) per view; observed entries are the observed values."""
+        raise NotImplementedError
+
+    def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
+        """Point imputation (n, d_v) per view; observed entries are the observed values."""
+        draws = self.impute(batch, n_samples=32)
+        return {v: d.mean(0) for v, d in draws.items()}
+
+    def after_fit(self, batches: Callable[[], object]) -> None:
+        """Hook run once training ends, with an iterable factory over the training batches."""
+
+    @staticmethod
+    def keep_observed(batch: MultiViewBatch, filled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Put the observed values back; works on (n, d) and (S, n, d) tensors."""
+        return {
+            v: torch.where(batch.masks[v].bool(), batch.values[v], x) for v, x in filled.items()
+        }
+
+
+MODEL_REGISTRY: dict[str, type[ImputationModel]] = {}
+
+
+def register_model(name: str):
+    def deco(cls: type[ImputationModel]) -> type[ImputationModel]:
+        cls.name = name
+        MODEL_REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def config_from_kwargs(config_class: type, kwargs: dict, model_name: str):
+    """Build a model config dataclass; an unknown key is a `ValueError` naming it."""
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(
+            f"model {model_name!r} has no parameter(s) {unknown}; it takes {sorted(known)}"
+        )
+    return config_class(**kwargs)
+
+
+def build_model(name: str, views: list[ViewInfo], **kwargs) -> ImputationModel:
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_REGISTRY)}")
+    cls = MODEL_REGISTRY[name]
+    return cls(views, config_from_kwargs(cls.config_class, kwargs, name))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def mlp(d_in: int, hidden: tuple[int, ...] | list[int], d_out: int, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), act()]
+        d = h
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def soft_floor(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """A smooth lower bound `floor + softplus(x - floor)`: no dead gradient, unlike a clamp."""
+    return floor + nn.functional.softplus(x - floor)
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """A smooth upper bound `cap - softplus(cap - x)`."""
+    return cap - nn.functional.softplus(cap - x)
+
+
+def gaussian_entropy(logvar: torch.Tensor) -> torch.Tensor:
+    """H(N(μ, diag exp(logvar))) summed over the last dimension."""
+    return 0.5 * (logvar + 1.0 + math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(x; μ, exp(logvar))."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (x - mu) ** 2 * torch.exp(-logvar))
+
+
+def encoder_input(batch: MultiViewBatch, view: str, likelihood: str) -> torch.Tensor:
+    """`[y with NaN→0, m]`; counts enter on a log scale."""
+    y = batch.values[view]
+    if likelihood in ("poisson", "negative_binomial"):
+        y = torch.log1p(y.clamp_min(0))
+    return torch.cat([y, batch.masks[view]], dim=-1)

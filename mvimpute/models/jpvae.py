@@ -1,0 +1,411 @@
+"""JPVAE: one VAE per view, coupled only through a joint Gaussian prior N(0, Σ_C).
+
+Orme et al. 2024. Σ_C has identity diagonal blocks and cross blocks C_vw; keeping it a valid
+covariance is the prior variant (`independent`, `svd`, `orthogonal` for two views, `cholesky`
+for any number). A missing view is imputed from the conditional Gaussian of its latent given
+the latents of the observed views, then decoded.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..batch import MultiViewBatch
+from . import likelihoods as lk
+from .base import ImputationModel, LossOutput, ViewInfo, encoder_input, mlp, register_model
+
+PRIORS = ("independent", "svd", "orthogonal", "cholesky")
+CONDITIONALS = ("empirical", "prior")
+
+
+@dataclass
+class JPVAEConfig:
+    latent_dim: int = 20
+    hidden: tuple[int, ...] = (512, 512)
+    prior: str = "orthogonal"
+    alpha: float = 0.95
+    conditional: str = "empirical"
+    kl_cycles: int = 4
+    kl_weight: float = 1.0
+    sample_noise: bool = True
+    sign_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {PRIORS}")
+        if self.conditional not in CONDITIONALS:
+            raise ValueError(f"unknown conditional {self.conditional!r}; choose one of {CONDITIONALS}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+        if self.kl_cycles < 0:
+            raise ValueError(f"kl_cycles must be ≥ 0, got {self.kl_cycles}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+
+# ----------------------------------------------------------------------------- maths
+
+
+def cayley(raw: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """O = J (I + A)(I − A)⁻¹ with A skew-symmetric from the strict upper triangle of `raw`.
+
+    (I + A) and (I − A)⁻¹ commute, so O = J (I − A)⁻¹ (I + A), one linear solve. J = diag(signs)
+    makes the whole orthogonal group reachable, not only rotations without eigenvalue −1.
+    """
+    upper = torch.triu(raw, diagonal=1)
+    a = upper - upper.T
+    eye = torch.eye(raw.shape[0], dtype=raw.dtype, device=raw.device)
+    return signs[:, None] * torch.linalg.solve(eye - a, eye + a)
+
+
+def cyclical_kl_weight(progress: float, cycles: int) -> float:
+    """Fu et al. 2019: in each of `cycles` cycles, rise linearly 0 → 1 over the first half, then 1."""
+    if cycles <= 0:
+        return 1.0
+    phase = (min(max(progress, 0.0), 1.0) * cycles) % 1.0
+    if progress >= 1.0:
+        phase = 1.0
+    return min(1.0, 2.0 * phase)
+
+
+def diag_normal_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)), summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def gaussian_kl_full(mu: torch.Tensor, logvar: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, Σ)) per row, by Cholesky solves (no explicit inverse of Σ)."""
+    chol = torch.linalg.cholesky(cov)
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+    precision_diag = chol_inv.pow(2).sum(0)
+    trace = (precision_diag * logvar.exp()).sum(-1)
+    white = torch.linalg.solve_triangular(chol, mu.T, upper=False)
+    maha = white.pow(2).sum(0)
+    logdet = 2.0 * torch.log(torch.diagonal(chol)).sum()
+    return 0.5 * (trace + maha - mu.shape[-1] + logdet - logvar.sum(-1))
+
+
+def joint_prior_kl(
+    mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor, cross: torch.Tensor
+) -> torch.Tensor:
+    """Two-view KL(q(z1|x1) q(z2|x2) ‖ N(0, [[I, Cᵀ], [C, I]])) of MODELS.md §2, C = `cross` (n2 × n1).
+
+    D1 = (I − CᵀC)⁻¹, D2 = (I − CCᵀ)⁻¹ by linear solves.
+    """
+    n1, n2 = mu1.shape[-1], mu2.shape[-1]
+    eye1 = torch.eye(n1, dtype=mu1.dtype, device=mu1.device)
+    eye2 = torch.eye(n2, dtype=mu1.dtype, device=mu1.device)
+    d1 = torch.linalg.solve(eye1 - cross.T @ cross, eye1)
+    d2 = torch.linalg.solve(eye2 - cross @ cross.T, eye2)
+    s1, s2 = logvar1.exp(), logvar2.exp()
+    term1 = ((mu1 @ d1) * mu1).sum(-1) - logvar1.sum(-1) - n1 + (torch.diagonal(d1) * s1).sum(-1)
+    term2 = ((mu2 @ d2) * mu2).sum(-1) - logvar2.sum(-1) - n2 + (torch.diagonal(d2) * s2).sum(-1)
+    logdet_d1 = torch.linalg.slogdet(d1)[1]
+    cross_term = ((mu1 @ d1 @ cross.T) * mu2).sum(-1) + ((mu2 @ d2 @ cross) * mu1).sum(-1)
+    return 0.5 * term1 + 0.5 * term2 - 0.5 * (logdet_d1 + cross_term)
+
+
+def orthogonal_prior_kl(
+    mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor, cross: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Closed form of `joint_prior_kl` when C = α·O with O orthogonal (paper App. A.2): D = I/(1 − α²)."""
+    n = mu1.shape[-1]
+    g = 1.0 / (1.0 - alpha**2)
+    term1 = g * mu1.pow(2).sum(-1) - logvar1.sum(-1) - n + g * logvar1.exp().sum(-1)
+    term2 = g * mu2.pow(2).sum(-1) - logvar2.sum(-1) - n + g * logvar2.exp().sum(-1)
+    return 0.5 * term1 + 0.5 * term2 - 0.5 * (n * math.log(g) + 2.0 * g * ((mu1 @ cross.T) * mu2).sum(-1))
+
+
+def gaussian_conditional(
+    mean: torch.Tensor, cov: torch.Tensor, obs: list[int], miss: list[int], a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z_M | z_O = a ~ N(μ_M + Σ_MO Σ_OO⁻¹ (a − μ_O), Σ_MM − Σ_MO Σ_OO⁻¹ Σ_OM) (paper eq. 12).
+
+    `a` is (n, |O|); returns the (n, |M|) means and the shared (|M|, |M|) covariance.
+    """
+    s_oo = cov[obs][:, obs]
+    s_mo = cov[miss][:, obs]
+    gain = torch.linalg.solve(s_oo, s_mo.T).T  # Σ_MO Σ_OO⁻¹
+    cmean = mean[miss] + (a - mean[obs]) @ gain.T
+    ccov = cov[miss][:, miss] - gain @ s_mo.T
+    return cmean, 0.5 * (ccov + ccov.T)
+
+
+# ----------------------------------------------------------------------------- the prior
+
+
+class JointPrior(nn.Module):
+    """N(0, Σ) over the concatenated per-view latents, Σ with identity diagonal blocks."""
+
+    def __init__(self, dims: list[int], kind: str, alpha: float, sign_seed: int = 0) -> None:
+        super().__init__()
+        self.dims, self.kind, self.alpha = list(dims), kind, alpha
+        if kind in ("svd", "orthogonal") and len(dims) != 2:
+            raise ValueError(
+                f"prior {kind!r} couples exactly two views; with {len(dims)} views use 'cholesky' or 'independent'"
+            )
+        gen = torch.Generator().manual_seed(sign_seed)
+        signs = lambda n: torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1  # noqa: E731
+        if kind == "orthogonal":
+            n = max(dims)
+            self.raw_o = nn.Parameter(0.01 * torch.randn(n, n, generator=gen))
+            self.register_buffer("signs_o", signs(n))
+        elif kind == "svd":
+            n1, n2 = dims
+            self.raw_u = nn.Parameter(0.01 * torch.randn(n2, n2, generator=gen))
+            self.raw_v = nn.Parameter(0.01 * torch.randn(n1, n1, generator=gen))
+            self.rho = nn.Parameter(torch.zeros(min(n1, n2)))
+            self.register_buffer("signs_u", signs(n2))
+            self.register_buffer("signs_v", signs(n1))
+        elif kind == "cholesky":
+            total = sum(dims)
+            self.raw_l = nn.Parameter(torch.zeros(total, total))
+            with torch.no_grad():
+                self.raw_l.diagonal().fill_(math.log(math.e - 1.0))  # softplus → 1: Σ = I at init
+
+    def cross(self) -> torch.Tensor:
+        """C (n2 × n1), the cross block of a two-view prior."""
+        n1, n2 = self.dims[0], self.dims[-1]
+        if self.kind == "independent":
+            return torch.zeros(n2, n1, device=self._device())
+        if self.kind == "orthogonal":
+            o = cayley(self.raw_o, self.signs_o)
+            semi = o[:n2, :n1] if n2 >= n1 else o[:n1, :n2].T  # orthonormal columns (or rows)
+            return self.alpha * semi
+        if self.kind == "svd":
+            k = min(n1, n2)
+            u = cayley(self.raw_u, self.signs_u)[:, :k]
+            v = cayley(self.raw_v, self.signs_v)[:, :k]
+            return u @ torch.diag(torch.tanh(self.rho / 2)) @ v.T
+        sigma = self.covariance()
+        return sigma[n1:, :n1]
+
+    def _device(self) -> torch.device:
+        bufs = list(self.buffers()) + list(self.parameters())
+        return bufs[0].device if bufs else torch.device("cpu")
+
+    def covariance(self) -> torch.Tensor:
+        """Σ over the concatenated latents."""
+        total = sum(self.dims)
+        if self.kind == "cholesky":
+            lower = torch.tril(self.raw_l, -1) + torch.diag(nn.functional.softplus(self.raw_l.diagonal()) + 1e-3)
+            s = lower @ lower.T
+            # Normalise by the blocks: Σ = B S Bᵀ with B = blockdiag(chol(S_vv)⁻¹), so Σ_vv = I.
+            # Triangular whitening, not S_vv^(-1/2) by eigendecomposition: it reaches every valid Σ
+            # (take S = Σ) and its gradients stay finite at Σ = I, where eigenvalues coincide.
+            blocks, start = [], 0
+            for d in self.dims:
+                c = torch.linalg.cholesky(s[start : start + d, start : start + d])
+                blocks.append(torch.linalg.solve_triangular(c, torch.eye(d, device=c.device), upper=False))
+                start += d
+            b = torch.block_diag(*blocks)
+            sigma = b @ s @ b.T
+            return 0.5 * (sigma + sigma.T)
+        if self.kind == "independent":
+            return torch.eye(total, device=self._device())
+        n1 = self.dims[0]
+        c = self.cross()
+        sigma = torch.eye(total, device=c.device)
+        sigma = sigma.clone()
+        sigma[n1:, :n1] = c
+        sigma[:n1, n1:] = c.T
+        return sigma
+
+    def kl(self, mus: list[torch.Tensor], logvars: list[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:
+        """KL of the product of per-view posteriors to the prior's marginal over observed views.
+
+        `observed` is (n, V) bool. A missing view's latent is left out: every marginal of Σ over
+        a subset of views is again N(0, Σ_OO), and a single view's marginal is N(0, I).
+        """
+        n = mus[0].shape[0]
+        kl = torch.zeros(n, device=mus[0].device, dtype=mus[0].dtype)
+        patterns = torch.unique(observed, dim=0)
+        for pattern in patterns:
+            rows = (observed == pattern).all(1)
+            views = [v for v in range(len(self.dims)) if pattern[v]]
+            if not views:
+                continue
+            mu = [mus[v][rows] for v in views]
+            lv = [logvars[v][rows] for v in views]
+            if len(views) == 1 or self.kind == "independent":
+                kl[rows] = sum(diag_normal_kl(m, s) for m, s in zip(mu, lv, strict=True))
+            elif self.kind == "orthogonal" and self.dims[0] == self.dims[1]:
+                kl[rows] = orthogonal_prior_kl(mu[0], lv[0], mu[1], lv[1], self.cross(), self.alpha)
+            elif self.kind in ("svd", "orthogonal"):
+                kl[rows] = joint_prior_kl(mu[0], lv[0], mu[1], lv[1], self.cross())
+            else:
+                idx = self.indices(views)
+                cov = self.covariance()[idx][:, idx]
+                kl[rows] = gaussian_kl_full(torch.cat(mu, -1), torch.cat(lv, -1), cov)
+        return kl
+
+    def indices(self, views: list[int]) -> list[int]:
+        """Positions of the given views' latents in the concatenated vector."""
+        starts = [sum(self.dims[:v]) for v in range(len(self.dims))]
+        return [i for v in views for i in range(starts[v], starts[v] + self.dims[v])]
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@register_model("jpvae")
+class JPVAE(ImputationModel):
+    config_class = JPVAEConfig
+
+    def __init__(self, views: list[ViewInfo], config: JPVAEConfig) -> None:
+        super().__init__(views, config)
+        if len(views) < 2:
+            raise ValueError("JPVAE couples views: it needs at least two")
+        k = config.latent_dim
+        self.encoders = nn.ModuleDict({v.name: mlp(2 * v.dim, config.hidden, 2 * k) for v in views})
+        self.decoders = nn.ModuleDict(
+            {v.name: mlp(k, config.hidden[::-1], lk.N_PARAMS[v.likelihood] * v.dim) for v in views}
+        )
+        self.prior = JointPrior([k] * len(views), config.prior, config.alpha, config.sign_seed)
+        total = k * len(views)
+        self.register_buffer("cond_mean", torch.zeros(total))
+        self.register_buffer("cond_cov", torch.eye(total))
+        self.register_buffer("cond_fitted", torch.tensor(False))
+
+    # -- pieces
+    def encode(self, batch: MultiViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        mus, logvars = [], []
+        for info in self.view_infos:
+            h = self.encoders[info.name](encoder_input(batch, info.name, info.likelihood))
+            mu, logvar = h.chunk(2, dim=-1)
+            mus.append(mu)
+            logvars.append(logvar.clamp(-12.0, 8.0))
+        return mus, logvars
+
+    def decode(self, view: str, z: torch.Tensor) -> torch.Tensor:
+        return self.decoders[view](z)
+
+    def observed_views(self, batch: MultiViewBatch) -> torch.Tensor:
+        return torch.stack([batch.view_observed(v) for v in self.view_names], dim=1)
+
+    # -- training
+    def loss(self, batch: MultiViewBatch, progress: float = 1.0) -> LossOutput:
+        mus, logvars = self.encode(batch)
+        observed = self.observed_views(batch)
+        comps: dict[str, float] = {}
+        rec = torch.zeros(len(batch), device=mus[0].device)
+        for info, mu, logvar in zip(self.view_infos, mus, logvars, strict=True):
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            raw = self.decode(info.name, z)
+            ll = (lk.log_prob(info.likelihood, raw, batch.values[info.name]) * batch.masks[info.name]).sum(-1)
+            rec = rec - ll
+            comps[f"rec_{info.name}"] = float(-ll.detach().mean())
+        kl = self.prior.kl(mus, logvars, observed)
+        beta = self.config.kl_weight * cyclical_kl_weight(progress, self.config.kl_cycles)
+        total = (rec + beta * kl).mean()
+        comps.update(rec=float(rec.detach().mean()), kl=float(kl.detach().mean()), beta_kl=beta)
+        return LossOutput(total, comps)
+
+    @torch.no_grad()
+    def after_fit(self, batches) -> None:
+        """Fit the empirical latent Gaussian on training encodings where every view is observed."""
+        if self.config.conditional != "empirical":
+            return
+        means = []
+        for batch in batches():
+            mus, _ = self.encode(batch)
+            complete = self.observed_views(batch).all(1)
+            means.append(torch.cat(mus, -1)[complete])
+        enc = torch.cat(means) if means else torch.zeros(0, self.cond_mean.numel())
+        if enc.shape[0] <= enc.shape[1]:
+            warnings.warn(
+                f"only {enc.shape[0]} training samples have every view observed; the empirical "
+                "latent Gaussian needs more than the latent size: imputing from the prior instead",
+                stacklevel=2,
+            )
+            return
+        self.cond_mean.copy_(enc.mean(0))
+        centred = enc - enc.mean(0)
+        cov = centred.T @ centred / (enc.shape[0] - 1)
+        self.cond_cov.copy_(cov + 1e-5 * torch.eye(cov.shape[0], device=cov.device))
+        self.cond_fitted.fill_(True)
+
+    def latent_gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ̂, Σ̂) used to impute missing views: empirical if fitted, else the prior."""
+        if self.config.conditional == "empirical" and bool(self.cond_fitted):
+            return self.cond_mean, self.cond_cov
+        sigma = self.prior.covariance()
+        return torch.zeros(sigma.shape[0], device=sigma.device), sigma
+
+    # -- imputation
+    @torch.no_grad()
+    def latents(self, batch: MultiViewBatch, n_samples: int | None) -> list[torch.Tensor]:
+        """Per-view latents (S, n, k): observed views from their encoder, missing views from the
+        conditional Gaussian given the observed views' encoder means. `None` = means only (S = 1)."""
+        mus, logvars = self.encode(batch)
+        observed = self.observed_views(batch)
+        s = 1 if n_samples is None else n_samples
+        out = [
+            (mu.expand(s, *mu.shape) if n_samples is None else mu + torch.randn(s, *mu.shape, device=mu.device) * torch.exp(0.5 * lv)).clone()
+            for mu, lv in zip(mus, logvars, strict=True)
+        ]
+        mean, cov = self.latent_gaussian()
+        n_views = len(self.view_infos)
+        for pattern in torch.unique(observed, dim=0):
+            if pattern.all() or not pattern.any():
+                continue
+            rows = (observed == pattern).all(1)
+            obs_v = [v for v in range(n_views) if pattern[v]]
+            miss_v = [v for v in range(n_views) if not pattern[v]]
+            o_idx, m_idx = self.prior.indices(obs_v), self.prior.indices(miss_v)
+            a = torch.cat([mus[v][rows] for v in obs_v], -1)
+            cmean, ccov = gaussian_conditional(mean, cov, o_idx, m_idx, a)
+            if n_samples is None:
+                z = cmean.unsqueeze(0)
+            else:
+                chol = torch.linalg.cholesky(ccov + 1e-6 * torch.eye(ccov.shape[0], device=ccov.device))
+                z = cmean + torch.randn(s, *cmean.shape, device=cmean.device) @ chol.T
+            start = 0
+            for v in miss_v:
+                k = self.prior.dims[v]
+                out[v][:, rows] = z[..., start : start + k]
+                start += k
+        # samples with no view observed: the prior
+        none = ~observed.any(1)
+        if none.any():
+            for v in range(n_views):
+                out[v][:, none] = 0.0 if n_samples is None else torch.randn_like(out[v][:, none])
+        return out
+
+    @torch.no_grad()
+    def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
+        zs = self.latents(batch, n_samples)
+        out = {}
+        for info, z in zip(self.view_infos, zs, strict=True):
+            raw = self.decode(info.name, z)
+            if self.config.sample_noise:
+                out[info.name] = lk.sample(info.likelihood, raw).to(z.dtype)
+            else:
+                out[info.name] = lk.mean(info.likelihood, raw)
+        return self.keep_observed(batch, out)
+
+    @torch.no_grad()
+    def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
+        zs = self.latents(batch, None)
+        out = {
+            info.name: lk.mean(info.likelihood, self.decode(info.name, z[0]))
+            for info, z in zip(self.view_infos, zs, strict=True)
+        }
+        return self.keep_observed(batch, out)
+
+    @torch.no_grad()
+    def active_units(self, batch: MultiViewBatch, threshold: float = 0.01) -> dict[str, float]:
+        """Share of latent dims with Var_x(E_q[z]) > threshold, per view (over samples observing it)."""
+        mus, _ = self.encode(batch)
+        out = {}
+        for info, mu in zip(self.view_infos, mus, strict=True):
+            rows = batch.view_observed(info.name)
+            out[info.name] = float((mu[rows].var(0) > threshold).float().mean()) if rows.sum() > 1 else float("nan")
+        return out

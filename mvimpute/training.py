@@ -1,0 +1,212 @@
+"""The training loop: one loop, run in-process by `MultiViewImputer.fit` or per Ray Train worker.
+
+The loop only calls the model (whose forward is `loss(batch, progress)`), steps the optimiser,
+and scores a self-supervised validation set: a share of the *observed* validation entries and
+whole views is hidden and the score is how well the model recovers them (no clean data needed).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import masking
+from .batch import MultiViewBatch
+from .data.multiview import MultiViewData
+from .models.base import ImputationModel
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    patience: int | None = 20
+    val_frac: float = 0.1
+    val_hide_frac: float = 0.2
+    val_view_frac: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not 0 <= self.val_frac < 1:
+            raise ValueError(f"val_frac must lie in [0, 1), got {self.val_frac}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class ValidationSet:
+    """Validation rows with extra entries hidden; `hidden` marks what the score looks at."""
+
+    corrupted: MultiViewBatch
+    truth: MultiViewBatch
+    hidden: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_batch(cls, batch: MultiViewBatch, hide_frac: float, view_frac: float, seed: int) -> ValidationSet:
+        data = MultiViewData(batch.to_arrays())
+        steps = masking.corrupt(data, mcar_rate=hide_frac, view_rate=view_frac if len(data.views) > 1 else 0.0, seed=seed)
+        corrupted = MultiViewBatch.from_arrays(steps.data.views, dtype=batch.values[batch.views[0]].dtype)
+        hidden = {v: torch.as_tensor(h) for v, h in steps.hidden.items()}
+        return cls(corrupted, batch, hidden)
+
+    def to(self, device) -> ValidationSet:
+        return ValidationSet(self.corrupted.to(device), self.truth.to(device), {v: h.to(device) for v, h in self.hidden.items()})
+
+
+@torch.no_grad()
+def validation_score(model: ImputationModel, val: ValidationSet) -> dict[str, float]:
+    """RMSE of the point imputation on the hidden validation entries (scaled space), overall and per view."""
+    was_training = model.training
+    model.eval()
+    filled = model.impute_mean(val.corrupted)
+    model.train(was_training)
+    out, sse, cnt = {}, 0.0, 0
+    for v, h in val.hidden.items():
+        err = (filled[v] - val.truth.values[v])[h]
+        if err.numel():
+            out[f"val_rmse_{v}"] = float(err.pow(2).mean().sqrt())
+            sse += float(err.pow(2).sum())
+            cnt += err.numel()
+    out["val_rmse"] = math.sqrt(sse / cnt) if cnt else float("nan")
+    return out
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = math.inf
+    stopped_early: bool = False
+
+
+class TrainingLoop:
+    """Adam + gradient clipping + early stopping on the validation score; restores the best weights.
+
+    `model` may be wrapped (DistributedDataParallel): it is called, never its `.loss`.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device) -> None:
+        self.model, self.config, self.device = model, config, device
+        self.module: ImputationModel = getattr(model, "module", model)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.result = TrainResult()
+        self.best_state: dict | None = None
+        self.epoch = 0
+        self.bad_epochs = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_epoch": self.result.best_epoch,
+            "best_score": self.result.best_score,
+            "history": self.result.history,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.bad_epochs = state["epoch"], state["bad_epochs"]
+        self.result = TrainResult(list(state["history"]), state["best_epoch"], state["best_score"])
+        self.best_state = state["best_state"]
+
+    def train_epoch(self, batches: Iterable[MultiViewBatch], steps_per_epoch: int) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        epochs = self.config.epochs
+        for i, batch in enumerate(batches):
+            progress = min(1.0, (self.epoch + i / max(steps_per_epoch, 1)) / epochs)
+            out = self.model(batch.to(self.device), progress)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            for k, v in out.detached().items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        if n == 0:
+            raise ValueError("an epoch produced no batches: the training data is empty")
+        return {f"train_{k}": v / n for k, v in sums.items()}
+
+    def run(
+        self,
+        train_batches: Callable[[int], Iterable[MultiViewBatch]],
+        steps_per_epoch: int,
+        validation: ValidationSet | None = None,
+        on_epoch: Callable[[int, dict[str, float], bool], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> TrainResult:
+        """Train from `self.epoch` to `config.epochs`. `on_epoch(epoch, metrics, is_best)` runs after
+        each epoch (checkpoints, metric reporting)."""
+        cfg = self.config
+        show = cfg.progress if show_progress is None else show_progress
+        val = validation.to(self.device) if validation is not None else None
+        bar = tqdm(range(self.epoch, cfg.epochs), initial=self.epoch, total=cfg.epochs, disable=not show,
+                   desc=f"{self.module.name}", unit="epoch")
+        for epoch in bar:
+            self.epoch = epoch
+            metrics = self.train_epoch(train_batches(epoch), steps_per_epoch)
+            score = metrics["train_loss"]
+            if val is not None:
+                metrics.update(validation_score(self.module, val))
+                score = metrics["val_rmse"]
+            metrics["epoch"] = epoch
+            improved = score < self.result.best_score
+            if improved or not np.isfinite(self.result.best_score):
+                self.result.best_score, self.result.best_epoch = score, epoch
+                self.best_state = copy.deepcopy(self.module.state_dict())
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            self.result.history.append(metrics)
+            self.epoch = epoch + 1
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3g}", val=f"{score:.4g}", best=self.result.best_epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, improved)
+            if cfg.patience is not None and val is not None and self.bad_epochs >= cfg.patience:
+                self.result.stopped_early = True
+                break
+        bar.close()
+        if self.best_state is not None and val is not None:
+            self.module.load_state_dict(self.best_state)
+        return self.result
+
+
+def shuffled_batches(batch: MultiViewBatch, batch_size: int, seed: int) -> Callable[[int], Iterable[MultiViewBatch]]:
+    """Per-epoch shuffled mini-batches of an in-memory batch (the in-process runner)."""
+    n = len(batch)
+
+    def batches(epoch: int) -> Iterable[MultiViewBatch]:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            rows = perm[i : i + batch_size]
+            if len(rows) < 2 and n >= 2:
+                continue  # a single-row batch gives no batch statistics
+            yield batch.select(rows)
+
+    return batches
