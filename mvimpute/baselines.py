@@ -19,7 +19,8 @@ class SklearnImputer:
         data = as_multiview(views)
         if self.dims_ is not None and data.dims != self.dims_:
             raise ValueError(f"views {data.dims} differ from the fitted {self.dims_}")
-        return data, np.concatenate([data.views[v] for v in data.view_names], axis=1)
+        names = list(self.dims_) if self.dims_ is not None else data.view_names
+        return data, np.concatenate([data.views[v] for v in names], axis=1)
 
     def fit(self, views) -> SklearnImputer:
         data, x = self._wide(views)
@@ -36,7 +37,7 @@ class SklearnImputer:
             )
         filled = np.where(np.isnan(x), filled, x)
         out, start = {}, 0
-        for v in data.view_names:
+        for v in self.dims_:
             d = data.dims[v]
             out[v] = filled[:, start : start + d]
             start += d

@@ -23,9 +23,7 @@ class MultiViewBatch:
 
     def __post_init__(self) -> None:
         if set(self.values) != set(self.masks):
-            raise ValueError(
-                f"values and masks name different views: {sorted(self.values)} vs {sorted(self.masks)}"
-            )
+            raise ValueError(f"values and masks name different views: {sorted(self.values)} vs {sorted(self.masks)}")
         sizes = {v: t.shape[0] for v, t in self.values.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"views have different numbers of rows: {sizes}")

@@ -32,7 +32,9 @@ def checkpoint_dict(model: ImputationModel, schema: ViewSchema, train_config=Non
     }
 
 
-def save_checkpoint(path: str | Path, model: ImputationModel, schema: ViewSchema, train_config=None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: ImputationModel, schema: ViewSchema, train_config=None, extra: dict | None = None
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -41,7 +43,9 @@ def save_checkpoint(path: str | Path, model: ImputationModel, schema: ViewSchema
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ImputationModel, ViewSchema, dict]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[ImputationModel, ViewSchema, dict]:
     """Rebuild the model and schema from a checkpoint file alone."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

@@ -55,7 +55,8 @@ class MultiViewImputer:
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.model_params.items())
-        return f"MultiViewImputer(model={self.model_name!r}{', ' + params if params else ''}, epochs={self.train_config.epochs})"
+        extra = f", {params}" if params else ""
+        return f"MultiViewImputer(model={self.model_name!r}{extra}, epochs={self.train_config.epochs})"
 
     # -- training
     def fit(self, views, validation=None) -> MultiViewImputer:
@@ -113,7 +114,10 @@ class MultiViewImputer:
         data, batch = self._prepare(views)
         self.model_.eval()
         parts = [
-            {v: t.cpu().numpy() for v, t in self.model_.impute_mean(batch.select(slice(i, i + CHUNK)).to(self._device())).items()}
+            {
+                v: t.cpu().numpy()
+                for v, t in self.model_.impute_mean(batch.select(slice(i, i + CHUNK)).to(self._device())).items()
+            }
             for i in range(0, len(batch), CHUNK)
         ]
         scaled = {v: np.concatenate([p[v] for p in parts]) for v in self.schema_.view_names}
@@ -130,7 +134,10 @@ class MultiViewImputer:
         self.model_.eval()
         chunk = max(1, CHUNK * 8 // n_samples)
         parts = [
-            {v: t.cpu().numpy() for v, t in self.model_.impute(batch.select(slice(i, i + chunk)).to(self._device()), n_samples).items()}
+            {
+                v: t.cpu().numpy()
+                for v, t in self.model_.impute(batch.select(slice(i, i + chunk)).to(self._device()), n_samples).items()
+            }
             for i in range(0, len(batch), chunk)
         ]
         out = {}
@@ -158,7 +165,9 @@ class MultiViewImputer:
     def load(cls, path: str | Path, device: str = "cpu") -> MultiViewImputer:
         model, schema, state = load_checkpoint(path, map_location=resolve_device(device))
         train_cfg = state.get("train_config") or {}
-        imp = cls(state["model"], **{**state["model_config"], **{k: v for k, v in train_cfg.items() if k in TRAIN_KEYS}})
+        imp = cls(
+            state["model"], **{**state["model_config"], **{k: v for k, v in train_cfg.items() if k in TRAIN_KEYS}}
+        )
         imp.model_, imp.schema_ = model.to(resolve_device(device)), schema
         imp.history_ = state.get("history", [])
         return imp

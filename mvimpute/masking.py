@@ -23,9 +23,7 @@ class Corrupted:
     def then(self, step) -> Corrupted:
         """Apply another corruption on top, keeping the original truth and the union of hidden."""
         nxt = step(self.data)
-        return Corrupted(
-            nxt.data, self.truth, {v: self.hidden[v] | nxt.hidden[v] for v in self.hidden}
-        )
+        return Corrupted(nxt.data, self.truth, {v: self.hidden[v] | nxt.hidden[v] for v in self.hidden})
 
 
 def _check_rate(rate: float, name: str = "rate") -> None:
@@ -76,9 +74,7 @@ def drop_views(data, rate: float, seed: int = 0, views=None) -> Corrupted:
     for i in np.flatnonzero(lost_all):
         keep = rng.choice(np.flatnonzero(present[i] & drop[i]))
         drop[i, keep] = False
-    return _apply(
-        data, {v: np.repeat(drop[:, col[v]][:, None], data.dims[v], 1) for v in data.view_names}
-    )
+    return _apply(data, {v: np.repeat(drop[:, col[v]][:, None], data.dims[v], 1) for v in data.view_names})
 
 
 def hide_view(data, view: str, rows=None) -> Corrupted:
@@ -140,9 +136,7 @@ def add_noise(data, std: float, seed: int = 0, views=None, clip: tuple[float, fl
     for v, a in data.views.items():
         x = a + rng.normal(scale=std, size=a.shape) if v in chosen else a.copy()
         out[v] = np.clip(x, *clip) if clip is not None else x
-    return Corrupted(
-        data.with_views(out), data, {v: np.zeros(a.shape, dtype=bool) for v, a in data.views.items()}
-    )
+    return Corrupted(data.with_views(out), data, {v: np.zeros(a.shape, dtype=bool) for v, a in data.views.items()})
 
 
 def corrupt(
@@ -155,7 +149,11 @@ def corrupt(
     seed: int = 0,
 ) -> Corrupted:
     """Whole views, then MAR, then MCAR entries, then noise on what stays observed."""
-    out = Corrupted(as_multiview(data), as_multiview(data), {v: np.zeros(a.shape, bool) for v, a in as_multiview(data).views.items()})
+    out = Corrupted(
+        as_multiview(data),
+        as_multiview(data),
+        {v: np.zeros(a.shape, bool) for v, a in as_multiview(data).views.items()},
+    )
     if view_rate:
         out = out.then(lambda d: drop_views(d, view_rate, seed))
     if mar_rate:

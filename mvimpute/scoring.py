@@ -91,7 +91,9 @@ def score(imputer, truth, corrupted, n_samples: int = 100, energy: bool = False)
                 per_view[v] = interval_scores(np.asarray(draws[v])[:, h], truth.views[v][h])
                 out.update({f"{k}/{v}": val for k, val in per_view[v].items()})
         all_draws = np.concatenate([np.asarray(draws[v])[:, h] for v, h in hidden.items() if h.any()], axis=1)
-        out.update(interval_scores(all_draws, np.concatenate([truth.views[v][h] for v, h in hidden.items() if h.any()])))
+        out.update(
+            interval_scores(all_draws, np.concatenate([truth.views[v][h] for v, h in hidden.items() if h.any()]))
+        )
         if energy:
             out["energy_score"] = energy_score_rows(draws, truth, hidden)
     model = getattr(imputer, "model_", None)

@@ -25,7 +25,7 @@ from .models.base import ImputationModel
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 10.0
@@ -65,13 +65,17 @@ class ValidationSet:
     @classmethod
     def from_batch(cls, batch: MultiViewBatch, hide_frac: float, view_frac: float, seed: int) -> ValidationSet:
         data = MultiViewData(batch.to_arrays())
-        steps = masking.corrupt(data, mcar_rate=hide_frac, view_rate=view_frac if len(data.views) > 1 else 0.0, seed=seed)
+        steps = masking.corrupt(
+            data, mcar_rate=hide_frac, view_rate=view_frac if len(data.views) > 1 else 0.0, seed=seed
+        )
         corrupted = MultiViewBatch.from_arrays(steps.data.views, dtype=batch.values[batch.views[0]].dtype)
         hidden = {v: torch.as_tensor(h) for v, h in steps.hidden.items()}
         return cls(corrupted, batch, hidden)
 
     def to(self, device) -> ValidationSet:
-        return ValidationSet(self.corrupted.to(device), self.truth.to(device), {v: h.to(device) for v, h in self.hidden.items()})
+        return ValidationSet(
+            self.corrupted.to(device), self.truth.to(device), {v: h.to(device) for v, h in self.hidden.items()}
+        )
 
 
 @torch.no_grad()
@@ -165,8 +169,14 @@ class TrainingLoop:
         cfg = self.config
         show = cfg.progress if show_progress is None else show_progress
         val = validation.to(self.device) if validation is not None else None
-        bar = tqdm(range(self.epoch, cfg.epochs), initial=self.epoch, total=cfg.epochs, disable=not show,
-                   desc=f"{self.module.name}", unit="epoch")
+        bar = tqdm(
+            range(self.epoch, cfg.epochs),
+            initial=self.epoch,
+            total=cfg.epochs,
+            disable=not show,
+            desc=f"{self.module.name}",
+            unit="epoch",
+        )
         for epoch in bar:
             self.epoch = epoch
             metrics = self.train_epoch(train_batches(epoch), steps_per_epoch)

@@ -24,9 +24,7 @@ def _as_float_array(view: str, value, columns: list[str]) -> np.ndarray:
                 try:
                     pd.to_numeric(value[c], errors="raise")
                 except (ValueError, TypeError) as err:
-                    raise ValueError(
-                        f"view {view!r}, column {c!r}: non-numeric value(s) ({err})"
-                    ) from None
+                    raise ValueError(f"view {view!r}, column {c!r}: non-numeric value(s) ({err})") from None
         arr = value.apply(pd.to_numeric).to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         arr = np.asarray(value)
@@ -39,9 +37,7 @@ def _as_float_array(view: str, value, columns: list[str]) -> np.ndarray:
                 try:
                     arr[:, j].astype(np.float64)
                 except (ValueError, TypeError):
-                    raise ValueError(
-                        f"view {view!r}, column {columns[j]!r}: non-numeric value(s)"
-                    ) from None
+                    raise ValueError(f"view {view!r}, column {columns[j]!r}: non-numeric value(s)") from None
         arr = arr.astype(np.float64)
     inf = np.isinf(arr)
     if inf.any():
@@ -104,22 +100,23 @@ class MultiViewData:
             if ref.has_duplicates:
                 raise ValueError(f"view {first!r}: duplicate sample ids in the index")
             for v, f in frames.items():
+                if f.index.has_duplicates:
+                    raise ValueError(f"view {v!r}: duplicate sample ids in the index")
                 if len(f) != len(ref) or not f.index.isin(ref).all():
-                    raise ValueError(
-                        f"view {v!r}: its {len(f)} sample ids do not match view {first!r}'s {len(ref)}"
-                    )
+                    raise ValueError(f"view {v!r}: its {len(f)} sample ids do not match view {first!r}'s {len(ref)}")
                 if not f.index.equals(ref):
                     views[v] = f.loc[ref]
             index = ref.to_numpy()
-        rows = {v: (len(x) if isinstance(x, pd.DataFrame) else np.shape(x)[0] if np.ndim(x) else 0) for v, x in views.items()}
+        rows = {
+            v: (len(x) if isinstance(x, pd.DataFrame) else np.shape(x)[0] if np.ndim(x) else 0)
+            for v, x in views.items()
+        }
         if len(set(rows.values())) > 1:
             raise ValueError(f"views have different numbers of rows: {rows}")
         self.columns: dict[str, list[str]] = {
             v: list(columns[v]) if columns and v in columns else _columns_of(v, x) for v, x in views.items()
         }
-        self.views: dict[str, np.ndarray] = {
-            v: _as_float_array(v, x, self.columns[v]) for v, x in views.items()
-        }
+        self.views: dict[str, np.ndarray] = {v: _as_float_array(v, x, self.columns[v]) for v, x in views.items()}
         for v, a in self.views.items():
             if a.shape[1] == 0:
                 raise ValueError(f"view {v!r} has no columns")
@@ -144,9 +141,7 @@ class MultiViewData:
             empty = ~np.any([m.any(1) for m in self.masks.values()], axis=0)
             if empty.any():
                 ids = self.index[empty][:5].tolist()
-                raise ValueError(
-                    f"{int(empty.sum())} sample(s) have every view missing (ids {ids}...); drop them"
-                )
+                raise ValueError(f"{int(empty.sum())} sample(s) have every view missing (ids {ids}...); drop them")
 
     # -- shape
     @property
@@ -197,9 +192,7 @@ class MultiViewData:
 
     def with_views(self, views: Mapping[str, np.ndarray]) -> MultiViewData:
         """The same samples, columns and likelihoods with new values (e.g. corrupted)."""
-        return MultiViewData(
-            views, likelihoods=self.likelihoods, index=self.index, columns=self.columns, obs=self.obs
-        )
+        return MultiViewData(views, likelihoods=self.likelihoods, index=self.index, columns=self.columns, obs=self.obs)
 
     def copy(self) -> MultiViewData:
         return self.with_views({v: a.copy() for v, a in self.views.items()})
@@ -288,7 +281,9 @@ class ViewScaler:
 
     @classmethod
     def from_state(cls, s: dict) -> ViewScaler:
-        arr = (lambda x: None if x is None else np.asarray(x, dtype=np.float64))
+        def arr(x):
+            return None if x is None else np.asarray(x, dtype=np.float64)
+
         return cls(s["kind"], arr(s["mean"]), arr(s["std"]))
 
 
@@ -346,9 +341,7 @@ class ViewSchema:
                 continue
             a = data_views[v]
             if a.shape[1] != len(expected):
-                raise ValueError(
-                    f"view {v!r} has {a.shape[1]} columns; the model was trained on {len(expected)}"
-                )
+                raise ValueError(f"view {v!r} has {a.shape[1]} columns; the model was trained on {len(expected)}")
             given = isinstance(views, MultiViewData) or isinstance(
                 views.get(v) if isinstance(views, Mapping) else None, pd.DataFrame
             )

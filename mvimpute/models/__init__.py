@@ -1,5 +1,6 @@
 """Models: one file each, one registry. Importing this package registers them all."""
 
+from . import jpvae  # noqa: F401  (registers "jpvae")
 from .base import (
     MODEL_REGISTRY,
     ImputationModel,
@@ -8,6 +9,5 @@ from .base import (
     build_model,
     register_model,
 )
-from . import jpvae  # noqa: F401  (registers "jpvae")
 
 __all__ = ["MODEL_REGISTRY", "ImputationModel", "LossOutput", "ViewInfo", "build_model", "register_model"]

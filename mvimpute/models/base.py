@@ -24,9 +24,7 @@ class ViewInfo:
 
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(
-                f"view {self.name!r}: unknown likelihood {self.likelihood!r}; choose one of {LIKELIHOODS}"
-            )
+            raise ValueError(f"view {self.name!r}: unknown likelihood {self.likelihood!r}; choose one of {LIKELIHOODS}")
         if self.dim < 1:
             raise ValueError(f"view {self.name!r} has no columns")
 
@@ -84,9 +82,7 @@ class ImputationModel(nn.Module):
     @staticmethod
     def keep_observed(batch: MultiViewBatch, filled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Put the observed values back; works on (n, d) and (S, n, d) tensors."""
-        return {
-            v: torch.where(batch.masks[v].bool(), batch.values[v], x) for v, x in filled.items()
-        }
+        return {v: torch.where(batch.masks[v].bool(), batch.values[v], x) for v, x in filled.items()}
 
 
 MODEL_REGISTRY: dict[str, type[ImputationModel]] = {}
@@ -106,9 +102,7 @@ def config_from_kwargs(config_class: type, kwargs: dict, model_name: str):
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise ValueError(
-            f"model {model_name!r} has no parameter(s) {unknown}; it takes {sorted(known)}"
-        )
+        raise ValueError(f"model {model_name!r} has no parameter(s) {unknown}; it takes {sorted(known)}")
     return config_class(**kwargs)
 
 

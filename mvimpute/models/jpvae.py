@@ -19,7 +19,10 @@ from ..batch import MultiViewBatch
 from . import likelihoods as lk
 from .base import ImputationModel, LossOutput, ViewInfo, encoder_input, mlp, register_model
 
-PRIORS = ("independent", "svd", "orthogonal", "cholesky")
+PRIORS = ("auto", "independent", "svd", "orthogonal", "cholesky")
+# tanh saturates to exactly 1 in floating point (ρ ≳ 18 in float32), which makes Σ singular:
+# singular values are scaled by this bound so that I − CᵀC stays invertible.
+SVD_MAX = 1.0 - 1e-3
 CONDITIONALS = ("empirical", "prior")
 
 
@@ -27,7 +30,7 @@ CONDITIONALS = ("empirical", "prior")
 class JPVAEConfig:
     latent_dim: int = 20
     hidden: tuple[int, ...] = (512, 512)
-    prior: str = "orthogonal"
+    prior: str = "auto"  # "orthogonal" for two views, "cholesky" for more
     alpha: float = 0.95
     conditional: str = "empirical"
     kl_cycles: int = 4
@@ -113,7 +116,12 @@ def joint_prior_kl(
 
 
 def orthogonal_prior_kl(
-    mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor, cross: torch.Tensor, alpha: float
+    mu1: torch.Tensor,
+    logvar1: torch.Tensor,
+    mu2: torch.Tensor,
+    logvar2: torch.Tensor,
+    cross: torch.Tensor,
+    alpha: float,
 ) -> torch.Tensor:
     """Closed form of `joint_prior_kl` when C = α·O with O orthogonal (paper App. A.2): D = I/(1 − α²)."""
     n = mu1.shape[-1]
@@ -183,7 +191,7 @@ class JointPrior(nn.Module):
             k = min(n1, n2)
             u = cayley(self.raw_u, self.signs_u)[:, :k]
             v = cayley(self.raw_v, self.signs_v)[:, :k]
-            return u @ torch.diag(torch.tanh(self.rho / 2)) @ v.T
+            return u @ torch.diag(SVD_MAX * torch.tanh(self.rho / 2)) @ v.T
         sigma = self.covariance()
         return sigma[n1:, :n1]
 
@@ -212,8 +220,7 @@ class JointPrior(nn.Module):
             return torch.eye(total, device=self._device())
         n1 = self.dims[0]
         c = self.cross()
-        sigma = torch.eye(total, device=c.device)
-        sigma = sigma.clone()
+        sigma = torch.eye(total, device=c.device, dtype=c.dtype)
         sigma[n1:, :n1] = c
         sigma[:n1, n1:] = c.T
         return sigma
@@ -268,7 +275,8 @@ class JPVAE(ImputationModel):
         self.decoders = nn.ModuleDict(
             {v.name: mlp(k, config.hidden[::-1], lk.N_PARAMS[v.likelihood] * v.dim) for v in views}
         )
-        self.prior = JointPrior([k] * len(views), config.prior, config.alpha, config.sign_seed)
+        kind = config.prior if config.prior != "auto" else ("orthogonal" if len(views) == 2 else "cholesky")
+        self.prior = JointPrior([k] * len(views), kind, config.alpha, config.sign_seed)
         total = k * len(views)
         self.register_buffer("cond_mean", torch.zeros(total))
         self.register_buffer("cond_cov", torch.eye(total))
@@ -348,7 +356,11 @@ class JPVAE(ImputationModel):
         observed = self.observed_views(batch)
         s = 1 if n_samples is None else n_samples
         out = [
-            (mu.expand(s, *mu.shape) if n_samples is None else mu + torch.randn(s, *mu.shape, device=mu.device) * torch.exp(0.5 * lv)).clone()
+            (
+                mu.expand(s, *mu.shape)
+                if n_samples is None
+                else mu + torch.randn(s, *mu.shape, device=mu.device) * torch.exp(0.5 * lv)
+            ).clone()
             for mu, lv in zip(mus, logvars, strict=True)
         ]
         mean, cov = self.latent_gaussian()
