@@ -68,7 +68,7 @@ class MultiViewImputer:
         cfg = self.train_config
         torch.manual_seed(cfg.seed)
         data = as_multiview(views, self.likelihoods or None)
-        MultiViewData(data.views, allow_empty_rows=False)
+        data.check_no_empty_rows()
         device = resolve_device(cfg.device)
         rng = np.random.default_rng(cfg.seed)
         if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:

@@ -138,10 +138,14 @@ class MultiViewData:
                 raise ValueError(f"view {v!r}: unknown likelihood {lk!r}; choose one of {LIKELIHOODS}")
         self.likelihoods = {v: likelihoods.get(v) or infer_likelihood(a) for v, a in self.views.items()}
         if not allow_empty_rows:
-            empty = ~np.any([m.any(1) for m in self.masks.values()], axis=0)
-            if empty.any():
-                ids = self.index[empty][:5].tolist()
-                raise ValueError(f"{int(empty.sum())} sample(s) have every view missing (ids {ids}...); drop them")
+            self.check_no_empty_rows()
+
+    def check_no_empty_rows(self) -> None:
+        """A sample with every view missing carries nothing to learn from: a `ValueError` naming it."""
+        empty = ~np.any([m.any(1) for m in self.masks.values()], axis=0)
+        if empty.any():
+            ids = self.index[empty][:5].tolist()
+            raise ValueError(f"{int(empty.sum())} sample(s) have every view missing (ids {ids}...); drop them")
 
     # -- shape
     @property
