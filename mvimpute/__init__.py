@@ -1,6 +1,6 @@
 """mvimpute: multi-view imputation with honest uncertainty (TAE, JPVAE), on Ray, tracked in MLflow."""
 
-from . import masking
+from . import baselines, masking
 from .batch import MultiViewBatch
 from .data import DATASETS, MultiViewData, load_dataset
 from .imputer import MultiViewImputer
@@ -16,6 +16,7 @@ __all__ = [
     "MultiViewData",
     "MultiViewImputer",
     "load_dataset",
+    "baselines",
     "masking",
     "score",
 ]
