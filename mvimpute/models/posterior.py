@@ -21,13 +21,17 @@ def leaky_mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return mlp(d_in, (hidden, hidden), d_out, act=nn.LeakyReLU)
 
 
-def reparameterise(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None
-) -> torch.Tensor:
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """μ + σ·ε; `eps` may carry extra leading sample dimensions."""
     if eps is None:
         eps = torch.randn_like(mu)
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+def seeded_normal(shape: tuple[int, ...], like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """N(0, I) noise from a fixed seed, on `like`'s device: reproducible point imputations."""
+    gen = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -44,12 +48,7 @@ def kl_gaussians(
     mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
 ) -> torch.Tensor:
     """KL(N(μ_q, diag σ_q²) ‖ N(μ_p, diag σ_p²)) summed over the last dimension."""
-    return 0.5 * (
-        logvar_p
-        - logvar_q
-        + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p)
-        - 1.0
-    ).sum(-1)
+    return 0.5 * (logvar_p - logvar_q + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p) - 1.0).sum(-1)
 
 
 class PosteriorNetworks(nn.Module):
@@ -110,9 +109,7 @@ class PosteriorNetworks(nn.Module):
             raw = soft_cap(raw, self.latent_logvar_cap)
         return mu, soft_floor(raw, self.logvar_floor)
 
-    def posterior_x_given_z(
-        self, z: torch.Tensor, batch: MultiViewBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior_x_given_z(self, z: torch.Tensor, batch: MultiViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """q(x|z[,y,m]): (μ_x, log σ²_x), each (..., n, D) for z of shape (..., n, J)."""
         h = z
         if self.conditions_on_y:
@@ -124,23 +121,17 @@ class PosteriorNetworks(nn.Module):
     def sample_x(self, batch: MultiViewBatch, n_samples: int) -> torch.Tensor:
         """Draws z ~ q(z|y,m), x ~ q(x|z[,y,m]): (S, n, D)."""
         mu_z, lv_z = self.posterior_z(batch)
-        z = reparameterise(
-            mu_z, lv_z, torch.randn(n_samples, *mu_z.shape, device=mu_z.device, dtype=mu_z.dtype)
-        )
+        z = reparameterise(mu_z, lv_z, torch.randn(n_samples, *mu_z.shape, device=mu_z.device, dtype=mu_z.dtype))
         mu_x, lv_x = self.posterior_x_given_z(z, batch)
         return reparameterise(mu_x, lv_x)
 
     def mean_x(self, batch: MultiViewBatch, n_z: int = 32) -> torch.Tensor:
-        """E[x|y] estimated as the mean of μ_x over `n_z` draws of z: (n, D)."""
+        """E[x|y] as the mean of μ_x over `n_z` seeded draws of z (deterministic): (n, D)."""
         mu_z, lv_z = self.posterior_z(batch)
-        z = reparameterise(
-            mu_z, lv_z, torch.randn(n_z, *mu_z.shape, device=mu_z.device, dtype=mu_z.dtype)
-        )
+        z = reparameterise(mu_z, lv_z, seeded_normal((n_z, *mu_z.shape), mu_z))
         return self.posterior_x_given_z(z, batch)[0].mean(0)
 
-    def observed_log_lik(
-        self, mu_x: torch.Tensor, logvar_x: torch.Tensor, batch: MultiViewBatch
-    ) -> torch.Tensor:
+    def observed_log_lik(self, mu_x: torch.Tensor, logvar_x: torch.Tensor, batch: MultiViewBatch) -> torch.Tensor:
         """log p(y_obs|z): the Gaussian q(x|z) restricted to observed entries, summed: (..., n)."""
         y, m = self.observed(batch)
         return (gaussian_log_prob(y, mu_x, logvar_x) * m).sum(-1)
@@ -159,9 +150,7 @@ class PosteriorModel(ImputationModel):
     def posterior_z(self, batch: MultiViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.posterior.posterior_z(batch)
 
-    def posterior_x_given_z(
-        self, z: torch.Tensor, batch: MultiViewBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior_x_given_z(self, z: torch.Tensor, batch: MultiViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.posterior.posterior_x_given_z(z, batch)
 
     def _finish(self, batch: MultiViewBatch, x: torch.Tensor) -> dict[str, torch.Tensor]:

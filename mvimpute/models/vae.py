@@ -19,8 +19,11 @@ from .posterior import (
     PosteriorNetworks,
     kl_standard_normal,
     reparameterise,
+    seeded_normal,
     standard_normal_log_prob,
 )
+
+ROW_CHUNK_ELEMENTS = 2**24  # bound on K·n·D per imputation chunk
 
 
 @dataclass
@@ -54,14 +57,10 @@ class MIWAEConfig(_PosteriorConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.K < 1 or self.impute_samples < 1:
-            raise ValueError(
-                f"K and impute_samples must be >= 1, got {self.K}, {self.impute_samples}"
-            )
+            raise ValueError(f"K and impute_samples must be >= 1, got {self.K}, {self.impute_samples}")
 
 
-def _draw_z(
-    mu: torch.Tensor, logvar: torch.Tensor, k: int, eps: torch.Tensor | None
-) -> torch.Tensor:
+def _draw_z(mu: torch.Tensor, logvar: torch.Tensor, k: int, eps: torch.Tensor | None) -> torch.Tensor:
     if eps is None:
         eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
     return reparameterise(mu, logvar, eps)
@@ -97,9 +96,7 @@ def mvae_bound(
     return log_lik - kl, log_lik, kl
 
 
-def miwae_bound(
-    model: PosteriorModel, batch: MultiViewBatch, k: int, eps: torch.Tensor | None = None
-) -> torch.Tensor:
+def miwae_bound(model: PosteriorModel, batch: MultiViewBatch, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample importance-weighted bound (n,): logsumexp_k log w_k − log K. eps: (K, n, J)."""
     log_w = log_importance_weights(model, batch, k, eps)[0]
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
@@ -145,22 +142,37 @@ class MIWAE(_VAEBase):
         bound = miwae_bound(self, batch, self.config.K).mean()
         return LossOutput(-bound, {"miwae_bound": bound.detach()})
 
-    def _weighted(self, batch: MultiViewBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        log_w, mu_x, lv_x = log_importance_weights(self, batch, self.config.impute_samples)
+    def _chunks(self, batch: MultiViewBatch) -> list[MultiViewBatch]:
+        k, d = self.config.impute_samples, self.posterior.data_dim
+        size = max(1, ROW_CHUNK_ELEMENTS // (k * d))
+        return [batch.select(slice(i, i + size)) for i in range(0, len(batch), size)]
+
+    def _weighted(self, batch: MultiViewBatch, seeded: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-normalised weights (K, n) and μ_x, log σ²_x (K, n, D) of K draws z_k ~ q(z|y)."""
+        k = self.config.impute_samples
+        eps = None
+        if seeded:
+            ref = batch.values[self.view_names[0]]
+            eps = seeded_normal((k, len(batch), self.posterior.latent_dim), ref)
+        log_w, mu_x, lv_x = log_importance_weights(self, batch, k, eps)
         return torch.softmax(log_w, dim=0), mu_x, lv_x
 
     @torch.no_grad()
     def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
         """Sampling importance resampling: pick z_k with weight w_k, then x ~ p(x|z_k)."""
-        w, mu_x, lv_x = self._weighted(batch)
-        n = w.shape[1]
-        idx = torch.multinomial(w.T, n_samples, replacement=True).T  # (S, n)
-        rows = torch.arange(n, device=w.device).expand_as(idx)
-        x = reparameterise(mu_x[idx, rows], lv_x[idx, rows])
-        return self._finish(batch, x)
+        parts = []
+        for sub in self._chunks(batch):
+            w, mu_x, lv_x = self._weighted(sub)
+            idx = torch.multinomial(w.T, n_samples, replacement=True).T  # (S, n)
+            rows = torch.arange(w.shape[1], device=w.device).expand_as(idx)
+            parts.append(reparameterise(mu_x[idx, rows], lv_x[idx, rows]))
+        return self._finish(batch, torch.cat(parts, dim=1))
 
     @torch.no_grad()
     def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
-        """Σ_k w_k μ_x(z_k)."""
-        w, mu_x, _ = self._weighted(batch)
-        return self._finish(batch, (w.unsqueeze(-1) * mu_x).sum(0))
+        """Σ_k w_k μ_x(z_k), from seeded draws (deterministic)."""
+        parts = []
+        for sub in self._chunks(batch):
+            w, mu_x, _ = self._weighted(sub, seeded=True)
+            parts.append((w.unsqueeze(-1) * mu_x).sum(0))
+        return self._finish(batch, torch.cat(parts, dim=0))
