@@ -50,12 +50,17 @@ def energy_score_rows(draws: dict[str, np.ndarray], truth: MultiViewData, hidden
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def score(imputer, truth, corrupted, n_samples: int = 100, energy: bool = False) -> dict[str, float]:
+def score(
+    imputer, truth, corrupted, n_samples: int = 100, energy: bool = False, eval_elbo_steps: int = 1000
+) -> dict[str, float]:
     """Score `imputer` on the entries hidden in `corrupted` (NaN there, known in `truth`).
 
     Point metrics (RMSE, MAE; summed BCE per sample for binary views) use `transform`;
     interval coverage/width at 50 % and 90 % and CRPS use `n_samples` draws from `sample` when
-    the imputer has one. Keys: overall `rmse`, per view `rmse/<view>`, and so on.
+    the imputer has one. Keys: overall `rmse`, per view `rmse/<view>`, and so on. For models
+    with the q(z|y) q(x|z) posterior (TAE, MVAE, MIWAE), `eval_elbo` is the evaluation ELBO
+    (a bound on log q(x_truth | y), per sample, in the model's scaled space) fitted for
+    `eval_elbo_steps` steps; 0 skips it.
     """
     truth, corrupted = as_multiview(truth), as_multiview(corrupted)
     hidden = hidden_entries(truth, corrupted)
@@ -97,9 +102,16 @@ def score(imputer, truth, corrupted, n_samples: int = 100, energy: bool = False)
         if energy:
             out["energy_score"] = energy_score_rows(draws, truth, hidden)
     model = getattr(imputer, "model_", None)
-    if model is not None and hasattr(model, "active_units"):
-        batch = imputer.schema_.to_batch(imputer.schema_.check(truth))
-        au = model.active_units(batch.to(next(model.parameters()).device))
-        out.update({f"active_units/{v}": a for v, a in au.items()})
-        out["active_units"] = float(np.nanmean(list(au.values())))
+    if model is not None:
+        device = next(model.parameters()).device
+        truth_batch = imputer.schema_.to_batch(imputer.schema_.check(truth)).to(device)
+        if hasattr(model, "active_units"):
+            au = model.active_units(truth_batch)
+            out.update({f"active_units/{v}": a for v, a in au.items()})
+            out["active_units"] = float(np.nanmean(list(au.values())))
+        if hasattr(model, "posterior_x_given_z") and eval_elbo_steps:
+            from .models.eval_elbo import evaluation_elbo
+
+            corrupted_batch = imputer.schema_.to_batch(imputer.schema_.check(corrupted)).to(device)
+            out["eval_elbo"] = evaluation_elbo(model, truth_batch, corrupted_batch, steps=eval_elbo_steps)
     return out

@@ -355,3 +355,16 @@ def test_tae_on_digits_beats_column_mean():
     for v, a in c.data.views.items():
         obs = ~np.isnan(a)
         assert np.array_equal(filled[v][obs], a[obs]) and not np.isnan(filled[v]).any()
+
+
+def test_score_reports_the_evaluation_elbo_for_posterior_models_only():
+    import mvimpute as mvi
+
+    data = mvi.load_dataset("synthetic-omics", n_samples=120, dims=(6, 5, 4), seed=2)
+    c = mvi.masking.mcar(data, 0.3, seed=0)
+    small = dict(epochs=2, progress=False, latent_dim=3)
+    mvae = mvi.MultiViewImputer("mvae", hidden=16, **small).fit(c.data)
+    s = mvi.score(mvae, c.truth, c.data, n_samples=5, eval_elbo_steps=50)
+    assert np.isfinite(s["eval_elbo"])
+    jp = mvi.MultiViewImputer("jpvae", hidden=(16, 16), **small).fit(c.data)
+    assert "eval_elbo" not in mvi.score(jp, c.truth, c.data, n_samples=5)
