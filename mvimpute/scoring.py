@@ -24,10 +24,10 @@ def hidden_entries(truth: MultiViewData, corrupted: MultiViewData) -> dict[str, 
     return out
 
 
-def interval_scores(draws: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def interval_scores(draws: np.ndarray, y: np.ndarray, levels=LEVELS) -> dict[str, float]:
     """Coverage and width of central intervals, CRPS (ensemble form); draws (S, k), y (k,)."""
     out: dict[str, float] = {}
-    for level in LEVELS:
+    for level in levels:
         lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
         pct = int(round(level * 100))
         out[f"coverage_{pct}"] = float(np.mean((y >= lo) & (y <= hi)))
@@ -51,7 +51,13 @@ def energy_score_rows(draws: dict[str, np.ndarray], truth: MultiViewData, hidden
 
 
 def score(
-    imputer, truth, corrupted, n_samples: int = 100, energy: bool = False, eval_elbo_steps: int = 1000
+    imputer,
+    truth,
+    corrupted,
+    n_samples: int = 100,
+    energy: bool = False,
+    eval_elbo_steps: int = 1000,
+    levels: tuple[float, ...] = LEVELS,
 ) -> dict[str, float]:
     """Score `imputer` on the entries hidden in `corrupted` (NaN there, known in `truth`).
 
@@ -93,11 +99,13 @@ def score(
         per_view = {}
         for v, h in hidden.items():
             if h.any():
-                per_view[v] = interval_scores(np.asarray(draws[v])[:, h], truth.views[v][h])
+                per_view[v] = interval_scores(np.asarray(draws[v])[:, h], truth.views[v][h], levels)
                 out.update({f"{k}/{v}": val for k, val in per_view[v].items()})
         all_draws = np.concatenate([np.asarray(draws[v])[:, h] for v, h in hidden.items() if h.any()], axis=1)
         out.update(
-            interval_scores(all_draws, np.concatenate([truth.views[v][h] for v, h in hidden.items() if h.any()]))
+            interval_scores(
+                all_draws, np.concatenate([truth.views[v][h] for v, h in hidden.items() if h.any()]), levels
+            )
         )
         if energy:
             out["energy_score"] = energy_score_rows(draws, truth, hidden)
