@@ -293,3 +293,9 @@ def test_unknown_dataset_lists_names():
         load_dataset("nope")
     for name in DATASETS:
         assert name in str(err.value)
+
+
+def test_schema_fitted_on_bare_arrays_accepts_named_columns_by_position():
+    named = MultiViewData({"a": pd.DataFrame(np.ones((3, 2)), columns=["g1", "g2"])})
+    schema = ViewSchema.fit(MultiViewData({"a": np.ones((3, 2))}))
+    np.testing.assert_array_equal(schema.check(named).views["a"], named.views["a"])

@@ -349,7 +349,8 @@ class ViewSchema:
             given = isinstance(views, MultiViewData) or isinstance(
                 views.get(v) if isinstance(views, Mapping) else None, pd.DataFrame
             )
-            if given and cols[v] != expected and not cols[v] == [f"{v}_{j}" for j in range(len(expected))]:
+            positional = [f"{v}_{j}" for j in range(len(expected))]  # names given to bare arrays
+            if given and cols[v] != expected and positional not in (cols[v], expected):
                 missing = [c for c in expected if c not in cols[v]]
                 if missing or len(set(cols[v])) != len(cols[v]):
                     raise ValueError(f"view {v!r}: columns {missing[:5]} are missing; got {cols[v][:5]}...")
