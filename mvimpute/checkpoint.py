@@ -13,6 +13,13 @@ from .models.base import ImputationModel, ViewInfo
 
 FORMAT = "mvimpute-checkpoint"
 VERSION = 1
+CHECKPOINT_FILE = "model.pt"  # the file's name inside a checkpoint directory (Ray Train, MLflow artifacts)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` itself, or `path/model.pt` when `path` is a checkpoint directory."""
+    path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
 
 
 def view_infos(schema: ViewSchema) -> list[ViewInfo]:
@@ -46,7 +53,8 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[ImputationModel, ViewSchema, dict]:
-    """Rebuild the model and schema from a checkpoint file alone."""
+    """Rebuild the model and schema from a checkpoint file (or a directory holding `model.pt`) alone."""
+    path = checkpoint_file(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

@@ -108,10 +108,20 @@ class TrainingLoop:
     """Adam + gradient clipping + early stopping on the validation score; restores the best weights.
 
     `model` may be wrapped (DistributedDataParallel): it is called, never its `.loss`.
+    `reduce_metrics`, when given, maps each epoch's metrics before they are used (distributed runs
+    average the training losses over workers and take rank 0's validation score, so that every
+    worker makes the same best-epoch and early-stopping decisions).
     """
 
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: TrainConfig,
+        device: torch.device,
+        reduce_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    ) -> None:
         self.model, self.config, self.device = model, config, device
+        self.reduce_metrics = reduce_metrics
         self.module: ImputationModel = getattr(model, "module", model)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.result = TrainResult()
@@ -183,6 +193,10 @@ class TrainingLoop:
             score = metrics["train_loss"]
             if val is not None:
                 metrics.update(validation_score(self.module, val))
+            if self.reduce_metrics is not None:
+                metrics = self.reduce_metrics(metrics)
+                score = metrics["train_loss"]
+            if val is not None:
                 score = metrics["val_rmse"]
             metrics["epoch"] = epoch
             improved = score < self.result.best_score

@@ -1,0 +1,593 @@
+"""Training under Ray Train: the in-process `TrainingLoop`, run per worker with DDP.
+
+`train_distributed` reads the data with Ray Data (a spec, an embedded data set or in-memory
+views), fits the view schema (scaling statistics) in one streaming pass, and runs a
+`TorchTrainer`: each worker wraps the model with `ray.train.torch.prepare_model` (the model's
+forward is its loss, so gradients synchronise), feeds `TrainingLoop` with batches from its shard
+of the training data, scores the same validation split as `MultiViewImputer.fit` would (a stable
+hash of the id picks it) and reports a self-describing checkpoint every `checkpoint_every`
+epochs. A worker that fails is restarted from the last checkpoint (`max_failures`); a stopped
+run is resumed by running again with the same `run_name` and `storage_path`, or from any
+checkpoint with `resume_from`.
+
+`train_main` is the `train` job: a YAML config plus overrides, tracked in MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .batch import MultiViewBatch
+from .checkpoint import CHECKPOINT_FILE, checkpoint_dict, checkpoint_file, view_infos
+from .data.datasets import DATASETS
+from .data.multiview import MultiViewData, ViewSchema
+from .data.ray_data import RayMultiView, batch_from_tensors, read_dataset
+from .data.spec import DatasetSpec, validate_spec
+from .models import MODEL_REGISTRY, build_model
+from .models.base import LIKELIHOODS, config_from_kwargs
+from .training import TrainConfig, TrainingLoop, ValidationSet
+
+FAULT_ENV = "MVIMPUTE_FAULT_INJECT"  # "epoch:rank:marker-file" — a test hook: that worker fails once, after that epoch
+DEFAULT_STORAGE = "ray_results"
+VAL_SEED_OFFSET = 7  # as in MultiViewImputer.fit
+
+
+@dataclass
+class DistributedResult:
+    """What a distributed run leaves: the final checkpoint directory and what it records."""
+
+    checkpoint_path: Path
+    history: list[dict]
+    best_epoch: int
+    run_name: str
+    storage_path: str
+    schema: ViewSchema
+    model: str
+    attempts: list[int] = field(default_factory=list)
+    preview: MultiViewData | None = None
+    ray_result: object = None
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return checkpoint_file(self.checkpoint_path)
+
+    def imputer(self, device: str = "cpu"):
+        """The trained model as a `MultiViewImputer` (rebuilt from the checkpoint alone)."""
+        from .imputer import MultiViewImputer
+
+        return MultiViewImputer.load(self.checkpoint_path, device=device)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _clean(metrics: Mapping) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | np.floating | np.integer)}
+
+
+def _metric_reducer(world: int, device: torch.device):
+    """Average the training losses over workers, take rank 0's validation scores."""
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    def reduce(metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+        mean = t.clone()
+        dist.all_reduce(mean)
+        mean /= world
+        dist.broadcast(t, src=0)
+        return {k: float(mean[i] if k.startswith("train_") else t[i]) for i, k in enumerate(keys)}
+
+    return reduce
+
+
+def validation_set_from_batches(
+    batches: Iterable[Mapping], views: list[str], config: TrainConfig
+) -> ValidationSet | None:
+    """The self-supervised validation set of `fit`, from tensor batches (rows put in id order first)."""
+    parts = [dict(b) for b in batches]
+    parts = [p for p in parts if len(p.get("id", ())) > 0]
+    if not parts:
+        return None
+    merged = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    order = np.argsort(merged["id"].astype(str), kind="stable")
+    batch = batch_from_tensors({k: a[order] for k, a in merged.items()}, views)
+    if len(batch) < 2:
+        return None
+    return ValidationSet.from_batch(batch, config.val_hide_frac, config.val_view_frac, config.seed + VAL_SEED_OFFSET)
+
+
+def build_validation_set(val: RayMultiView, schema: ViewSchema, config: TrainConfig) -> ValidationSet | None:
+    """The validation set a distributed run scores on, built on the driver (for checks and reports)."""
+    ds = val.tensor_dataset(schema, with_id=True)
+    return validation_set_from_batches(
+        ds.iter_batches(batch_size=4096, batch_format="numpy"), schema.view_names, config
+    )
+
+
+def _load_state(path: str | Path) -> dict:
+    return torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)
+
+
+def _train_worker(config: dict) -> None:
+    """Per-worker training function (Ray Train)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = TrainConfig(**config["train_config"])
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    schema = ViewSchema.from_state(config["schema"])
+    views = schema.view_names
+    model = build_model(config["model"], view_infos(schema), **config["model_params"])
+
+    state = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = _load_state(d)
+    elif config.get("resume_from"):
+        state = _load_state(config["resume_from"])
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+
+    wrapped = ray.train.torch.prepare_model(model)
+    loop = TrainingLoop(wrapped, cfg, device, reduce_metrics=_metric_reducer(world, device))
+    if state is not None and state.get("loop") is not None:
+        loop.load_state_dict(state["loop"])
+    attempts = [*(state or {}).get("attempts", []), loop.epoch]
+
+    val_set = None
+    if config["has_validation"]:
+        val_shard = ray.train.get_dataset_shard("val")
+        val_set = validation_set_from_batches(val_shard.iter_batches(batch_size=4096, batch_format="numpy"), views, cfg)
+    shard = ray.train.get_dataset_shard("train")
+    shuffle_buffer = max(4 * cfg.batch_size, 256)
+
+    def batches(epoch: int) -> Iterable[MultiViewBatch]:
+        for b in shard.iter_torch_batches(
+            batch_size=cfg.batch_size,
+            local_shuffle_buffer_size=shuffle_buffer,
+            local_shuffle_seed=cfg.seed * 100_003 + epoch,
+            device=device,
+        ):
+            mvb = batch_from_tensors(b, views)
+            if len(mvb) >= 2:  # as `shuffled_batches`: a single row gives no batch statistics
+                yield mvb
+
+    tracking = config.get("tracking")
+    fault = config.get("fault")
+    every = max(1, int(config["checkpoint_every"]))
+
+    def extra(final: bool) -> dict:
+        return {
+            "loop": loop.state_dict(),
+            "history": loop.result.history,
+            "attempts": attempts,
+            "distributed": {
+                "num_workers": world,
+                "final": final,
+                "run_name": config["run_name"],
+                "n_train": config["n_train"],
+            },
+            "imputer": config["imputer"],
+            "data": config["data_source"],
+        }
+
+    def report(metrics: dict, save: bool, final: bool = False) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0 and save:
+                torch.save(checkpoint_dict(loop.module, schema, cfg, extra(final)), os.path.join(tmp, CHECKPOINT_FILE))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(_clean(metrics), checkpoint=checkpoint)
+
+    def on_epoch(epoch: int, metrics: dict, improved: bool) -> None:
+        if rank == 0 and tracking:
+            from .tracking import log_epoch_metrics
+
+            log_epoch_metrics(tracking, metrics, step=epoch)
+        report(metrics, save=(epoch + 1) % every == 0 or epoch + 1 == cfg.epochs)
+        if fault and rank == fault["rank"] and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
+            Path(fault["marker"]).write_text(f"failed after epoch {epoch}\n")
+            raise RuntimeError(f"injected failure on worker {rank} after epoch {epoch} ({FAULT_ENV})")
+
+    loop.run(batches, config["steps_per_epoch"], val_set, on_epoch=on_epoch, show_progress=False)
+    module = loop.module
+    module.eval()
+    if rank == 0:
+        full = ray.train.get_dataset_shard("fit")
+        module.after_fit(
+            lambda: (batch_from_tensors(b, views) for b in full.iter_torch_batches(batch_size=4096, device=device))
+        )
+    best = loop.result
+    summary = {"epoch": loop.epoch - 1, "final": 1.0, "best_epoch": best.best_epoch, "best_score": best.best_score}
+    report(summary, save=True, final=True)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def _fault_from_env() -> dict | None:
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    try:
+        epoch, rank, marker = raw.split(":", 2)
+        return {"epoch": int(epoch), "rank": int(rank), "marker": marker}
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV} must read 'epoch:rank:marker-file', got {raw!r}") from None
+
+
+def _train_config(train_config: TrainConfig | Mapping | None) -> TrainConfig:
+    if train_config is None:
+        return TrainConfig(progress=False)
+    if isinstance(train_config, TrainConfig):
+        return train_config
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(train_config) - known)
+    if unknown:
+        raise ValueError(f"train config has no field(s) {unknown}; it takes {sorted(known)}")
+    return TrainConfig(**dict(train_config))
+
+
+def train_distributed(
+    data,
+    model: str = "jpvae",
+    model_params: Mapping | None = None,
+    train_config: TrainConfig | Mapping | None = None,
+    *,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    resources_per_worker: Mapping[str, float] | None = None,
+    checkpoint_every: int = 1,
+    storage_path: str | Path | None = None,
+    run_name: str | None = None,
+    resume_from: str | Path | None = None,
+    max_failures: int = 2,
+    likelihoods: Mapping[str, str] | None = None,
+    scalings: Mapping[str, str] | None = None,
+    tracking: Mapping | None = None,
+    num_partitions: int | None = None,
+    preview_rows: int = 8,
+) -> DistributedResult:
+    """Train `model` on `data` with Ray Train (DDP over `num_workers` workers).
+
+    `data`: a dataset spec (YAML path, dict or `DatasetSpec`), an embedded data set name
+    (`digits-halves`, `synthetic-omics`), a `MultiViewData` or a `RayMultiView`.
+    `run_name` + `storage_path` name the run's folder: running again with the name of a stopped
+    run resumes it from its last checkpoint. `resume_from` (a checkpoint file or directory, e.g.
+    from another run) starts from that checkpoint's weights, optimiser state and epoch, with its
+    schema. `tracking` (`{"tracking_uri", "run_id"}`) makes rank 0 log per-epoch metrics to MLflow.
+    Bad input (spec, model name or parameters, config fields) is a `ValueError` raised before any
+    worker starts.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if model not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
+    model_params = dict(model_params or {})
+    config_from_kwargs(MODEL_REGISTRY[model].config_class, model_params, model)
+    cfg = _train_config(train_config)
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be ≥ 1, got {num_workers}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
+    fault = _fault_from_env()
+    resume_state = None
+    if resume_from is not None:
+        if not checkpoint_file(resume_from).is_file():
+            raise ValueError(f"resume_from: no checkpoint at {str(resume_from)!r}")
+        resume_state = _load_state(resume_from)
+        if resume_state.get("model") != model:
+            raise ValueError(f"resume_from holds a {resume_state.get('model')!r} model, not {model!r}")
+        model_params = dict(resume_state["model_config"])
+
+    if isinstance(data, str | Path | Mapping | DatasetSpec) and not (isinstance(data, str) and data in DATASETS):
+        validate_spec(data)  # a bad spec is a ValueError before Ray starts
+    if not ray.is_initialized():
+        ray.init()
+    rmv = read_dataset(data, num_partitions=num_partitions)
+    for name, given in (("likelihoods", likelihoods), ("scalings", scalings)):
+        unknown = sorted(set(given or {}) - set(rmv.columns))
+        if unknown:
+            raise ValueError(f"{name} name unknown view(s) {unknown}; views are {rmv.view_names}")
+    for v, lk in (likelihoods or {}).items():
+        if lk not in LIKELIHOODS:
+            raise ValueError(f"view {v!r}: unknown likelihood {lk!r}; choose one of {LIKELIHOODS}")
+    rmv.likelihoods = {**rmv.likelihoods, **dict(likelihoods or {})}
+    rmv.scalings = {**rmv.scalings, **dict(scalings or {})}
+    if rmv.source.get("joined"):
+        rmv.dataset = rmv.dataset.materialize()  # the id join runs once, not once per epoch
+
+    train, val = rmv.split(cfg.val_frac, cfg.seed)
+    n_train = (resume_state or {}).get("distributed", {}).get("n_train")
+    if resume_state is None or n_train is None:
+        schema, n_train = train.fit_schema()  # validates the data (±Inf, empty rows, non-numeric) before training
+    if resume_state is not None:  # the checkpoint's scaling, so that the weights see the data they were trained on
+        schema = ViewSchema.from_state(resume_state["schema"])
+        if schema.columns != rmv.columns:
+            raise ValueError("resume_from was trained on other views/columns than this data set")
+    build_model(model, view_infos(schema), **model_params)  # fails here, not in a worker
+
+    has_val = cfg.val_frac > 0
+    datasets = {"train": train.tensor_dataset(schema), "fit": train.tensor_dataset(schema)}
+    if has_val:
+        datasets["val"] = val.tensor_dataset(schema, with_id=True)
+    run_name = run_name or f"{model}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    storage = str(storage_path or DEFAULT_STORAGE)
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    steps = max(1, -(-n_train // (num_workers * cfg.batch_size)))
+    loop_config = {
+        "model": model,
+        "model_params": model_params,
+        "train_config": asdict(cfg),
+        "schema": schema.state(),
+        "use_gpu": use_gpu,
+        "has_validation": has_val,
+        "steps_per_epoch": steps,
+        "n_train": int(n_train),
+        "checkpoint_every": checkpoint_every,
+        "resume_from": str(checkpoint_file(resume_from)) if resume_from is not None else None,
+        "tracking": dict(tracking) if tracking else None,
+        "fault": fault,
+        "run_name": run_name,
+        "imputer": {"likelihoods": dict(rmv.likelihoods), "scalings": dict(rmv.scalings)},
+        "data_source": json.loads(json.dumps(rmv.source, default=str)),
+    }
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=dict(resources_per_worker) if resources_per_worker else None,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
+    ckpt_dir = Path(result.checkpoint.path)
+    if not (ckpt_dir / CHECKPOINT_FILE).is_file():  # remote storage: bring the final checkpoint here
+        ckpt_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="mvimpute-ckpt-")))
+    state = _load_state(ckpt_dir)
+    preview = None
+    if has_val and preview_rows > 0:
+        preview = RayMultiView(
+            val.dataset.limit(preview_rows), val.id_column, val.columns, schema.likelihoods
+        ).to_multiview()
+        if preview.n_samples == 0:
+            preview = None
+    return DistributedResult(
+        checkpoint_path=ckpt_dir,
+        history=list(state.get("history", [])),
+        best_epoch=int(state["loop"]["best_epoch"]),
+        run_name=run_name,
+        storage_path=storage,
+        schema=ViewSchema.from_state(state["schema"]),
+        model=model,
+        attempts=list(state.get("attempts", [])),
+        preview=preview,
+        ray_result=result,
+    )
+
+
+# ----------------------------------------------------------------------------- the train job
+
+
+class ClusterSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    max_failures: int = Field(2, ge=-1)
+    checkpoint_every: int = Field(1, ge=1)
+    storage_path: str = DEFAULT_STORAGE
+
+
+class MlflowSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "mvimpute"
+    registered_model_name: str | None = None  # default: mvimpute-<model>
+    n_draws: int = Field(50, ge=1)
+
+
+class TrainJobConfig(BaseModel):
+    """The `train` job's config (YAML): data, model, training, cluster and tracking sections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = "digits-halves"
+    model: str = "jpvae"
+    model_params: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
+    likelihoods: dict[str, str] = Field(default_factory=dict)
+    scalings: dict[str, str] = Field(default_factory=dict)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    run_name: str | None = None
+    resume_from: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainJobConfig:
+        if self.model not in MODEL_REGISTRY:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_REGISTRY)}")
+        config_from_kwargs(MODEL_REGISTRY[self.model].config_class, self.model_params, self.model)
+        self.train = asdict(_train_config({"progress": False, **self.train}))
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model_name or f"mvimpute-{self.model}"
+
+
+def _parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must read key.path=value")
+    key, value = item.split("=", 1)
+    if not key:
+        raise ValueError(f"override {item!r} has no key")
+    return key.split("."), yaml.safe_load(value) if value != "" else None
+
+
+def load_job_config(config: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> TrainJobConfig:
+    """The job config from YAML (or a dict) with `key.path=value` overrides (values parsed as YAML)."""
+    if config is None:
+        raw: dict = {}
+    elif isinstance(config, Mapping):
+        raw = dict(config)
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ValueError(f"config {str(config)!r}: no such file")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {str(config)!r}: expected a mapping")
+        data = raw.get("data")
+        if isinstance(data, str) and data.endswith((".yaml", ".yml")) and not Path(data).is_absolute():
+            if not Path(data).exists() and (path.parent / data).exists():
+                raw["data"] = str(path.parent / data)
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    try:
+        return TrainJobConfig.model_validate(raw)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(str(x) for x in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        raise ValueError("train config: " + "; ".join(parts)) from None
+
+
+@dataclass
+class TrainJobResult:
+    run_id: str | None
+    model_uri: str | None
+    checkpoint_path: Path
+    result: DistributedResult
+
+
+def train_main(
+    config: str | Path | Mapping | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    data: str | None = None,
+    num_workers: int | None = None,
+    use_gpu: bool | None = None,
+    run_name: str | None = None,
+    resume_from: str | None = None,
+    tracking_uri: str | None = None,
+    registered_model_name: str | None = None,
+    tracking: bool | None = None,
+) -> TrainJobResult:
+    """The `train` job: config YAML + overrides → Ray Train run → MLflow run + registered model.
+
+    Keyword arguments override the config (they are the command line's flags). Prints the MLflow
+    run id and the registered model URI.
+    """
+    items = list(overrides)
+    for key, value in (
+        ("data", data),
+        ("cluster.num_workers", num_workers),
+        ("cluster.use_gpu", use_gpu),
+        ("run_name", run_name),
+        ("resume_from", resume_from),
+        ("mlflow.tracking_uri", tracking_uri),
+        ("mlflow.registered_model_name", registered_model_name),
+        ("mlflow.enabled", tracking),
+    ):
+        if value is not None:
+            items.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+    job = load_job_config(config, items)
+    if job.data.endswith((".yaml", ".yml")):
+        from .data.spec import validate_spec
+
+        validate_spec(job.data)  # a bad spec fails before an MLflow run or a Ray cluster is touched
+
+    run = None
+    if job.mlflow.enabled:
+        from . import tracking as tr
+
+        run = tr.start_run(job.mlflow.experiment, job.run_name, job.mlflow.tracking_uri)
+        tr.log_config(run, job.model_dump(mode="json"))
+    status = "FAILED"
+    try:
+        result = train_distributed(
+            job.data,
+            job.model,
+            job.model_params,
+            job.train,
+            num_workers=job.cluster.num_workers,
+            use_gpu=job.cluster.use_gpu,
+            resources_per_worker=job.cluster.resources_per_worker,
+            checkpoint_every=job.cluster.checkpoint_every,
+            storage_path=job.cluster.storage_path,
+            run_name=job.run_name,
+            resume_from=job.resume_from,
+            max_failures=job.cluster.max_failures,
+            likelihoods=job.likelihoods,
+            scalings=job.scalings,
+            tracking=run.as_dict() if run else None,
+        )
+        model_uri = None
+        if run is not None:
+            model_uri = tr.log_training_outputs(
+                run, result, registered_model_name=job.registered_model_name, n_draws=job.mlflow.n_draws
+            )
+        status = "FINISHED"
+    finally:
+        if run is not None:
+            tr.end_run(run, status)
+    print(f"run id: {run.run_id if run else '-'}")
+    print(f"model URI: {model_uri or '-'}")
+    print(f"checkpoint: {result.checkpoint_path}")
+    return TrainJobResult(run.run_id if run else None, model_uri, result.checkpoint_path, result)
+
+
+__all__ = [
+    "DistributedResult",
+    "TrainJobConfig",
+    "TrainJobResult",
+    "build_validation_set",
+    "load_job_config",
+    "train_distributed",
+    "train_main",
+    "validation_set_from_batches",
+]

@@ -1,0 +1,249 @@
+"""MLflow tracking: runs, per-epoch metrics, figures and the model as a registered pyfunc.
+
+The only module that imports mlflow. The tracking URI is `MLFLOW_TRACKING_URI` when set, else
+the embedded default `sqlite:///mlruns.db` with artifacts under `./mlartifacts`; it is set when a
+run starts, never at import. The logged model is an `mlflow.pyfunc` model wrapping the
+self-describing checkpoint: input a wide DataFrame with `view:column` columns (NaN = missing),
+output the same frame with missing entries imputed (`MultiViewImputer.transform`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+_REQUIREMENTS = (
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "scipy",
+    "scoringrules",
+    "tqdm",
+    "pyyaml",
+    "pydantic",
+    "mlflow",
+)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else `MLFLOW_TRACKING_URI`, else the embedded SQLite store; relative SQLite paths made absolute
+    (Ray workers run in other directories)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+@dataclass
+class RunRef:
+    """Where a run lives; plain data, so it travels to Ray workers."""
+
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+
+    def as_dict(self) -> dict:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "experiment_id": self.experiment_id}
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+
+def _experiment(client: MlflowClient, name: str, embedded: bool) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri() if embedded else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_run(experiment: str = "mvimpute", run_name: str | None = None, tracking_uri: str | None = None) -> RunRef:
+    """Start an MLflow run (creating the experiment if needed) and point mlflow at its store."""
+    given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri)
+    exp_id = _experiment(client, experiment, embedded=not given)
+    run = client.create_run(exp_id, run_name=run_name, tags={"mlflow.source.name": "mvimpute.train"})
+    return RunRef(uri, run.info.run_id, exp_id)
+
+
+def end_run(run: RunRef, status: str = "FINISHED") -> None:
+    run.client.set_terminated(run.run_id, status)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config → `a.b.c` keys with string values (MLflow params)."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def log_config(run: RunRef, config: Mapping) -> None:
+    """The resolved config as params (flattened) and as `config.yaml`."""
+    params = [Param(k, v) for k, v in flatten(config).items()]
+    client = run.client
+    for i in range(0, len(params), 100):
+        client.log_batch(run.run_id, params=params[i : i + 100])
+    client.log_text(run.run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
+
+
+def log_epoch_metrics(run: RunRef | Mapping, metrics: Mapping, step: int) -> None:
+    """One epoch's metrics (called by rank 0 of a Ray Train run, or in-process)."""
+    if isinstance(run, Mapping):
+        run = RunRef(**run)
+    ts = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), ts, int(step))
+        for k, v in metrics.items()
+        if k != "epoch" and isinstance(v, int | float | np.floating | np.integer) and np.isfinite(v)
+    ]
+    if items:
+        run.client.log_batch(run.run_id, metrics=items)
+
+
+def pinned_requirements() -> list[str]:
+    """The packages a served model needs, pinned to the versions here (local version tags dropped)."""
+    reqs = []
+    for name in _REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+class MultiViewPyfunc(mlflow.pyfunc.PythonModel):
+    """A `MultiViewImputer` checkpoint as a pyfunc: wide `view:column` frame in, same frame imputed out."""
+
+    def load_context(self, context) -> None:
+        from mvimpute.imputer import MultiViewImputer
+
+        self.imputer = MultiViewImputer.load(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        return self.imputer.transform(model_input.astype("float64"))
+
+
+def log_model(
+    run: RunRef,
+    checkpoint: str | Path,
+    example=None,
+    registered_model_name: str | None = None,
+    imputer=None,
+) -> str:
+    """Log the checkpoint as a pyfunc model in `run`; register it when a name is given.
+
+    Returns `models:/<name>/<version>` when registered, else the run's model URI."""
+    from mlflow.models import infer_signature
+
+    from .checkpoint import checkpoint_file
+    from .imputer import MultiViewImputer
+
+    ckpt = checkpoint_file(checkpoint)
+    imputer = imputer or MultiViewImputer.load(ckpt)
+    if example is None:
+        cols = [f"{v}:{c}" for v, cs in imputer.schema_.columns.items() for c in cs]
+        import pandas as pd
+
+        example = pd.DataFrame(np.zeros((1, len(cols))), columns=cols)
+    example = example.astype("float64")
+    signature = infer_signature(example, imputer.transform(example))
+    mlflow.set_tracking_uri(run.tracking_uri)
+    mlflow.set_registry_uri(run.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run.run_id):
+        code = Path(tmp) / "mvimpute"  # the package travels with the model, without byte-code caches
+        shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=MultiViewPyfunc(),
+            artifacts={"checkpoint": str(ckpt)},
+            code_paths=[str(code)],
+            signature=signature,
+            input_example=example.head(2),
+            pip_requirements=pinned_requirements(),
+            registered_model_name=registered_model_name,
+        )
+    if registered_model_name and info.registered_model_version is not None:
+        return f"models:/{registered_model_name}/{info.registered_model_version}"
+    return info.model_uri
+
+
+def log_figure(run: RunRef, fig, artifact_file: str) -> None:
+    from . import plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        plots.save(fig, path)
+        parent = str(Path(artifact_file).parent)
+        run.client.log_artifact(run.run_id, str(path), None if parent == "." else parent)
+
+
+def log_training_outputs(run: RunRef, result, registered_model_name: str | None = None, n_draws: int = 50) -> str:
+    """After a run: summary metrics, figures (curves, posterior draws, JPVAE latent correlations) and
+    the registered model. `result` is a `DistributedResult`. Returns the model URI."""
+    from . import plots
+
+    imputer = result.imputer()
+    client = run.client
+    summary = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+    best = [h for h in result.history if h.get("epoch") == result.best_epoch]
+    if best and "val_rmse" in best[0]:
+        summary["best_val_rmse"] = best[0]["val_rmse"]
+    log_epoch_metrics(run, summary, step=max(len(result.history) - 1, 0))
+    client.set_tag(run.run_id, "ray.run_name", result.run_name)
+    client.set_tag(run.run_id, "ray.checkpoint", str(result.checkpoint_path))
+    client.log_artifact(run.run_id, str(result.checkpoint_file), "checkpoint")
+    log_figure(run, plots.training_curves(result.history), "plots/training_curves.png")
+    if result.preview is not None and result.preview.n_samples:
+        log_figure(run, plots.posterior_draws(imputer, result.preview, n_samples=n_draws), "plots/posterior_draws.png")
+    heat = plots.latent_cross_correlation(imputer.model_)
+    if heat is not None:
+        log_figure(run, heat, "plots/latent_cross_correlation.png")
+    example = result.preview.to_frame() if result.preview is not None else None
+    return log_model(run, result.checkpoint_file, example, registered_model_name, imputer=imputer)
+
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "MultiViewPyfunc",
+    "RunRef",
+    "end_run",
+    "flatten",
+    "log_config",
+    "log_epoch_metrics",
+    "log_figure",
+    "log_model",
+    "log_training_outputs",
+    "pinned_requirements",
+    "resolve_tracking_uri",
+    "start_run",
+]
