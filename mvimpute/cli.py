@@ -4,6 +4,7 @@
     mvimpute fit --dataset digits-halves --model jpvae --epochs 50 --out model.pt --param hidden=[256,256]
     mvimpute score --model-path model.pt --dataset digits-halves --mechanism view --rate 0.5 --json scores.json
     mvimpute impute --model-path model.pt --input in.parquet --output out.parquet --id-column sample_id
+    mvimpute train --config jobs/train.yaml --data digits-halves --num-workers 2 train.epochs=20
 
 `fit` trains on the training part of a seeded split and `score` scores on its test part: keep
 `--test-frac` and `--split-seed` the same for both so that no training sample is scored.
@@ -70,8 +71,9 @@ def parse_params(raw: list[str] | None, reserved: dict[str, str] | None = None) 
 
 def get_dataset(name: str) -> MultiViewData:
     if name not in DATASETS:
-        raise typer.BadParameter(f"unknown dataset {name!r}; embedded data sets are {list(DATASETS)}",
-                                 param_hint="--dataset")
+        raise typer.BadParameter(
+            f"unknown dataset {name!r}; embedded data sets are {list(DATASETS)}", param_hint="--dataset"
+        )
     return load_dataset(name)
 
 
@@ -159,10 +161,12 @@ def fit(
 ) -> None:
     """Train a model on the training split of a data set and save it."""
     if model not in MODEL_REGISTRY:
-        raise typer.BadParameter(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}",
-                                 param_hint="--model")
-    params = parse_params(param, {"epochs": "--epochs", "seed": "--seed", "device": "--device",
-                                  "progress": "--progress"})
+        raise typer.BadParameter(
+            f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}", param_hint="--model"
+        )
+    params = parse_params(
+        param, {"epochs": "--epochs", "seed": "--seed", "device": "--device", "progress": "--progress"}
+    )
     data = get_dataset(dataset)
     train = data.split(test_frac, split_seed)[0] if test_frac > 0 else data
     try:
@@ -173,8 +177,10 @@ def fit(
     best = next((h for h in imp.history_ if h.get("epoch") == getattr(imp, "best_epoch_", None)), None)
     key = "val_rmse" if best is not None and "val_rmse" in best else "train_loss"
     best_score = math.nan if best is None else best.get(key, math.nan)
-    typer.echo(f"fitted {model} on {train.n_samples} samples of {dataset} in {imp.fit_seconds_:.2f} s "
-               f"({len(imp.history_)} epochs)")
+    typer.echo(
+        f"fitted {model} on {train.n_samples} samples of {dataset} in {imp.fit_seconds_:.2f} s "
+        f"({len(imp.history_)} epochs)"
+    )
     typer.echo(f"best validation score: {key} = {best_score:.4g} at epoch {imp.best_epoch_}")
     path = imp.save(out)
     typer.echo(f"saved {path}")
@@ -207,16 +213,26 @@ def score(
     try:
         metrics = score_imputer(imp, corrupted.truth, corrupted.data, n_samples=n_samples)
     except ValueError as err:
-        raise typer.BadParameter(f"cannot score {str(model_path)!r} on {dataset!r}: {err}",
-                                 param_hint="--dataset") from None
-    typer.echo(f"{imp.model_name} on {dataset}: {test.n_samples} test samples, mechanism {mechanism.value}, "
-               f"rate {rate}, {int(metrics['n_hidden'])} hidden entries")
+        raise typer.BadParameter(
+            f"cannot score {str(model_path)!r} on {dataset!r}: {err}", param_hint="--dataset"
+        ) from None
+    typer.echo(
+        f"{imp.model_name} on {dataset}: {test.n_samples} test samples, mechanism {mechanism.value}, "
+        f"rate {rate}, {int(metrics['n_hidden'])} hidden entries"
+    )
     typer.echo(metrics_table(metrics, test.view_names))
     if json_out is not None:
         report = {
-            "model_path": str(model_path), "model": imp.model_name, "dataset": dataset,
-            "mechanism": mechanism.value, "rate": rate, "seed": seed, "test_frac": test_frac,
-            "split_seed": split_seed, "n_samples": n_samples, "metrics": metrics,
+            "model_path": str(model_path),
+            "model": imp.model_name,
+            "dataset": dataset,
+            "mechanism": mechanism.value,
+            "rate": rate,
+            "seed": seed,
+            "test_frac": test_frac,
+            "split_seed": split_seed,
+            "n_samples": n_samples,
+            "metrics": metrics,
         }
         atomic_write(json_out, lambda p: p.write_text(json.dumps(report, indent=2)))
         typer.echo(f"wrote {json_out}")
@@ -225,8 +241,15 @@ def score(
 @app.command()
 def impute(
     model_path: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="A checkpoint from `fit`.")],
-    input_path: Annotated[Path, typer.Option("--input", exists=True, dir_okay=False,
-                                        help="Wide table (.csv/.parquet), columns `view:feature`, empty = missing.")],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            exists=True,
+            dir_okay=False,
+            help="Wide table (.csv/.parquet), columns `view:feature`, empty = missing.",
+        ),
+    ],
     output: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the imputed table (.csv/.parquet).")],
     id_column: Annotated[str | None, typer.Option(help="A column of sample ids to carry through.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
@@ -264,6 +287,39 @@ def impute(
 
     atomic_write(output, write)
     typer.echo(f"imputed {n_missing} missing entries in {len(result)} rows → {output}")
+
+
+@app.command()
+def train(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Config overrides, key.path=value (YAML values).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Job config YAML.")] = None,
+    data: Annotated[str | None, typer.Option(help="A dataset spec YAML or an embedded data set name.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Ray Train workers (DDP).")] = None,
+    use_gpu: Annotated[bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Ray Train run name; a stopped run's name resumes it.")] = None,
+    resume_from: Annotated[str | None, typer.Option(help="A checkpoint (file or directory) to continue from.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    registered_model_name: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
+) -> None:
+    """Train on a Ray cluster (or local Ray) with Ray Train; track the run and register the model in MLflow."""
+    from .distributed import train_main
+
+    try:
+        train_main(
+            config,
+            overrides or (),
+            data=data,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            run_name=run_name,
+            resume_from=resume_from,
+            tracking_uri=tracking_uri,
+            registered_model_name=registered_model_name,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def main() -> None:  # pragma: no cover

@@ -197,6 +197,12 @@ def log_model(
     return info.model_uri
 
 
+def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
+    """Load a logged or registered model (`models:/name/version`) as an `mlflow.pyfunc` model."""
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    return mlflow.pyfunc.load_model(model_uri)
+
+
 def log_figure(run: RunRef, fig, artifact_file: str) -> None:
     from . import plots
 

@@ -181,3 +181,11 @@ def test_impute_bad_table(tmp_path, model_path):
 def test_score_bad_rate(model_path):
     res = invoke("score", "--model-path", model_path, "--dataset", "digits-halves", "--rate", 1.5)
     assert res.exit_code == 2 and "rate" in plain(res.output)
+
+
+def test_train_rejects_a_bad_spec_before_starting(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("id_column: sample\nviews:\n  rna: {path: nowhere.parquet}\n")
+    result = runner.invoke(app, ["train", "--data", str(spec), "--no-gpu"], terminal_width=300)
+    assert result.exit_code != 0
+    assert "nowhere.parquet" in result.output

@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest_ray import ray_session  # noqa: F401  (session fixture)
 
 import mvimpute as mvi
 from mvimpute.baselines import mean_imputer
