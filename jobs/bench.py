@@ -3,6 +3,7 @@
 One machine:
     python jobs/bench.py jpvae-priors --seeds 0 1 2 --epochs 60
     python jobs/bench.py fit-time --epochs 30
+    python jobs/bench.py tae-baselines --seeds 0 1 2 --rates 0.5 0.8 --epochs 80 --threads 1
 On a Ray cluster (runs on the head node's driver):
     ray job submit --working-dir . -- python jobs/bench.py jpvae-priors
 """
@@ -25,11 +26,34 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--epochs", type=int, default=30)
     f.add_argument("--repeats", type=int, default=3)
     f.add_argument("--out", default="outputs/bench")
+    t = sub.add_parser("tae-baselines", help="TAE vs MVAE vs MIWAE on noisy, incomplete digits (evaluation ELBO)")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.8], help="shares of pixels missing (MCAR)")
+    t.add_argument("--epochs", type=int, default=80)
+    t.add_argument("--noise-std", type=float, default=0.1)
+    t.add_argument("--eval-elbo-steps", type=int, default=1000)
+    t.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 helps on a shared machine)")
+    t.add_argument("--out", default="outputs/bench")
+    t.add_argument("--figure", default="docs/img/tae_digits.png")
     args = p.parse_args(argv)
     if args.bench == "jpvae-priors":
         benchmarks.jpvae_priors(seeds=tuple(args.seeds), epochs=args.epochs, out_dir=args.out, progress=False)
     elif args.bench == "fit-time":
         benchmarks.fit_time(epochs=args.epochs, repeats=args.repeats, out_dir=args.out)
+    elif args.bench == "tae-baselines":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        benchmarks.tae_vs_baselines(
+            seeds=tuple(args.seeds),
+            rates=tuple(args.rates),
+            epochs=args.epochs,
+            noise_std=args.noise_std,
+            eval_elbo_steps=args.eval_elbo_steps,
+            out_dir=args.out,
+            figure=args.figure or None,
+        )
 
 
 if __name__ == "__main__":
