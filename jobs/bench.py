@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
 from mvimpute import benchmarks
 
 
@@ -33,6 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--noise-std", type=float, default=0.1)
     t.add_argument("--eval-elbo-steps", type=int, default=1000)
     t.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 helps on a shared machine)")
+    t.add_argument("--models", nargs="+", default=["mvae", "miwae", "tae"])
+    t.add_argument(
+        "--tae",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TAE settings replacing the chosen ones (all of them: noise, noise_std, warmup_*, C, lam)",
+    )
+    t.add_argument("--name", default="tae_baselines", help="file name of the JSON/Markdown outputs")
     t.add_argument("--out", default="outputs/bench")
     t.add_argument("--figure", default="docs/img/tae_digits.png")
     args = p.parse_args(argv)
@@ -45,8 +56,12 @@ def main(argv: list[str] | None = None) -> None:
             import torch
 
             torch.set_num_threads(args.threads)
+        tae = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.tae)} or None
         benchmarks.tae_vs_baselines(
             seeds=tuple(args.seeds),
+            models=tuple(args.models),
+            tae=tae,
+            name=args.name,
             rates=tuple(args.rates),
             epochs=args.epochs,
             noise_std=args.noise_std,
