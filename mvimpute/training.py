@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -175,7 +176,9 @@ class TrainingLoop:
         show_progress: bool | None = None,
     ) -> TrainResult:
         """Train from `self.epoch` to `config.epochs`. `on_epoch(epoch, metrics, is_best)` runs after
-        each epoch (checkpoints, metric reporting)."""
+        each epoch (checkpoints, metric reporting). Each epoch's metrics include `epoch_seconds`, the
+        wall time of its training pass (fetching the batches and the optimiser steps; validation
+        scoring and `on_epoch` excluded)."""
         cfg = self.config
         show = cfg.progress if show_progress is None else show_progress
         val = validation.to(self.device) if validation is not None else None
@@ -189,7 +192,9 @@ class TrainingLoop:
         )
         for epoch in bar:
             self.epoch = epoch
+            t0 = time.perf_counter()
             metrics = self.train_epoch(train_batches(epoch), steps_per_epoch)
+            metrics["epoch_seconds"] = time.perf_counter() - t0  # the training pass only (batches + steps)
             score = metrics["train_loss"]
             if val is not None:
                 metrics.update(validation_score(self.module, val))
