@@ -36,11 +36,12 @@ from .data.ray_data import RayMultiView, batch_from_tensors, read_dataset
 from .data.spec import DatasetSpec, validate_spec
 from .models import MODEL_REGISTRY, build_model
 from .models.base import LIKELIHOODS, config_from_kwargs
-from .training import TrainConfig, TrainingLoop, ValidationSet
+from .training import TrainConfig, TrainingLoop, ValidationSet, shuffled_chunk_batches
 
 FAULT_ENV = "MVIMPUTE_FAULT_INJECT"  # "epoch:rank:marker-file" — a test hook: that worker fails once, after that epoch
 DEFAULT_STORAGE = "ray_results"
 VAL_SEED_OFFSET = 7  # as in MultiViewImputer.fit
+SHUFFLE_CHUNK_ROWS = 4096  # rows a worker takes from Ray Data at once and shuffles into mini-batches
 
 
 @dataclass
@@ -157,18 +158,12 @@ def _train_worker(config: dict) -> None:
         val_shard = ray.train.get_dataset_shard("val")
         val_set = validation_set_from_batches(val_shard.iter_batches(batch_size=4096, batch_format="numpy"), views, cfg)
     shard = ray.train.get_dataset_shard("train")
-    shuffle_buffer = max(4 * cfg.batch_size, 256)
+    chunk_rows = max(SHUFFLE_CHUNK_ROWS, 16 * cfg.batch_size)
 
     def batches(epoch: int) -> Iterable[MultiViewBatch]:
-        for b in shard.iter_torch_batches(
-            batch_size=cfg.batch_size,
-            local_shuffle_buffer_size=shuffle_buffer,
-            local_shuffle_seed=cfg.seed * 100_003 + epoch,
-            device=device,
-        ):
-            mvb = batch_from_tensors(b, views)
-            if len(mvb) >= 2:  # as `shuffled_batches`: a single row gives no batch statistics
-                yield mvb
+        chunks = shard.iter_torch_batches(batch_size=chunk_rows, device=device)
+        for b in shuffled_chunk_batches(chunks, cfg.batch_size, cfg.seed * 100_003 + epoch):
+            yield batch_from_tensors(b, views)
 
     tracking = config.get("tracking")
     fault = config.get("fault")

@@ -253,7 +253,7 @@ def tracked_run(ray_session, mlflow_server, tmp_path_factory):  # noqa: F811
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     t0 = time.perf_counter()
-    out = train_main(path, ["train.lr=0.002"], tracking_uri=mlflow_server, run_name="digits-2w")
+    out = train_main(path, ["train.lr=0.004"], tracking_uri=mlflow_server, run_name="digits-2w")
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -289,7 +289,7 @@ def test_mlflow_run_has_params_metrics_figures_and_a_registered_pyfunc(tracked_r
     run = client.get_run(tracked_run.run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["model"] == "jpvae" and params["train.epochs"] == str(EPOCHS) and params["train.lr"] == "0.002"
+    assert params["model"] == "jpvae" and params["train.epochs"] == str(EPOCHS) and params["train.lr"] == "0.004"
     assert params["model_params.latent_dim"] == "8" and params["cluster.num_workers"] == "2"
     for key in ("val_rmse", "train_loss", "val_rmse_top"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]

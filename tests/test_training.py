@@ -52,3 +52,27 @@ def test_prior_conditional_imputes_too(digits):
     assert not bool(imp.model_.cond_fitted)
     filled = imp.transform(mvi.masking.hide_view(test, "top").data)
     assert np.isfinite(filled.views["top"]).all()
+
+
+@pytest.mark.parametrize("sizes", [[40, 40, 21], [7], [64, 1, 33]])
+def test_shuffled_chunk_batches_draw_every_row_once(sizes):
+    import torch
+
+    from mvimpute.training import shuffled_chunk_batches
+
+    start, chunks = 0, []
+    for n in sizes:
+        ids = torch.arange(start, start + n)
+        chunks.append({"id": ids, "x": ids[:, None].float() * torch.ones(1, 3)})
+        start += n
+    runs = []
+    for seed in (0, 1):
+        out = list(shuffled_chunk_batches(iter(chunks), 16, seed))
+        rows = torch.cat([b["id"] for b in out])
+        assert sorted(rows.tolist()) == list(range(start))  # each row once: nothing lost, nothing repeated
+        assert all(len(b["id"]) == 16 for b in out[:-1]) and 2 <= len(out[-1]["id"]) <= 16
+        for b in out:  # the columns of a row stay together
+            assert torch.equal(b["x"][:, 0], b["id"].float())
+        runs.append(rows)
+    if start > 16:
+        assert not torch.equal(runs[0], runs[1])  # another epoch seed, another order
