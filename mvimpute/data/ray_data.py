@@ -1,10 +1,12 @@
 """Multi-view data on Ray Data: streamed reading, id alignment, scaling statistics, tensor batches.
 
 Per-view tables are aligned with a full outer join on the id column (Ray Data's hash-shuffle
-join): a sample missing from a view's table gets that whole view missing. The aligned dataset
-has the id column (as strings) and one float column per feature, named `view:column`. Scaling
-statistics (and, where not given, the likelihood) come from one streaming pass of a Ray Data
-aggregation over the training rows: nothing but per-column moments reaches the driver.
+join): a sample missing from a view's table gets that whole view missing. AnnData views (.h5ad
+files, MuData modalities) enter the same join as Ray Datasets of row ranges read by tasks
+(`omics.read_view`). The aligned dataset has the id column (as strings) and one float column
+per feature, named `view:column`. Scaling statistics (and, where not given, the likelihood) come
+from one streaming pass of a Ray Data aggregation over the training rows: nothing but per-column
+moments reaches the driver.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import pandas as pd
 import torch
 
 from ..batch import MultiViewBatch
+from . import omics
 from .multiview import COLUMN_SEP, DEFAULT_SCALING, MultiViewData, ViewScaler, ViewSchema
-from .spec import COUNT_LIKELIHOODS, DatasetSpec, ResolvedSpec, validate_spec
+from .spec import COUNT_LIKELIHOODS, DatasetSpec, ResolvedSpec, ViewSource, validate_spec
 
 DEFAULT_ID = "sample_id"
 
@@ -368,7 +371,8 @@ def read_spec(spec: str | Path | Mapping | DatasetSpec, num_partitions: int | No
     """Read the data set a spec describes, aligned on the id (streamed; nothing is collected).
 
     The spec is checked against the files first (`validate_spec`): a bad spec is a `ValueError`.
-    `num_partitions` is the hash partition count of the per-view join (default: one per input file).
+    `num_partitions` is the hash partition count of the per-view join (default: one per input file
+    or AnnData row range, at most 64).
     """
     resolved: ResolvedSpec = validate_spec(spec)
     idc = resolved.id_column
@@ -380,10 +384,13 @@ def read_spec(spec: str | Path | Mapping | DatasetSpec, num_partitions: int | No
         ds = ds.map_batches(_Normalise(idc, renames), batch_format="pyarrow")
     else:
         ds = None
-        nfiles = sum(len(s.files) for s in resolved.views.values())
+        nfiles = sum(_num_inputs(s) for s in resolved.views.values())
         parts = num_partitions or max(1, min(nfiles, 64))
         for v, s in resolved.views.items():
-            part = _read_table(s.files, s.format, idc, s.columns)
+            if s.anndata is not None:
+                part = omics.read_view(s.anndata, s.columns, idc)
+            else:
+                part = _read_table(s.files, s.format, idc, s.columns)
             part = part.map_batches(
                 _Normalise(idc, dict(zip(s.columns, qualified(v, s.columns), strict=True))), batch_format="pyarrow"
             )
@@ -396,6 +403,13 @@ def read_spec(spec: str | Path | Mapping | DatasetSpec, num_partitions: int | No
     likelihoods = {v: s.likelihood for v, s in resolved.views.items() if s.likelihood}
     scalings = {v: s.scaling for v, s in resolved.views.items() if s.scaling}
     return RayMultiView(ds, idc, resolved.columns, likelihoods, scalings, meta)
+
+
+def _num_inputs(source: ViewSource) -> int:
+    """Files of a table view, row ranges of an AnnData view."""
+    if source.anndata is None:
+        return len(source.files)
+    return len(omics.row_ranges(source.anndata.n_obs, len(source.anndata.var_names)))
 
 
 class _FillAbsent:

@@ -1,6 +1,6 @@
 """Dataset specs: where a multi-view data set lives on disk and how each view is modelled.
 
-Two layouts, written in YAML:
+Three layouts, written in YAML:
 
 ```yaml
 # one table per view, keyed by a sample-id column; a sample absent from a view's table
@@ -17,17 +17,36 @@ table: wide.parquet
 views:
   top:    {prefix: "top_"}
   bottom: {columns: [b0, b1, b2]}
+
+# per-view AnnData files: obs_names are the sample ids, var_names the columns, values from X
+# (dense or sparse) or from the named layer; mixes with parquet / csv views
+id_column: sample_id
+views:
+  rna:     {path: rna.h5ad, layer: counts, likelihood: negative_binomial}
+  protein: {path: protein.h5ad, columns: [CD4, CD8]}
+  clin:    {path: clinical.parquet}
+
+# or one MuData file, views keyed by modality name; a sample absent from a modality's
+# obs_names has that view missing
+id_column: sample_id
+mudata: pbmc.h5mu
+views:
+  rna:  {layer: counts, likelihood: negative_binomial}
+  prot: {columns: [CD4, CD8], scaling: standard}
 ```
 
-Paths are files, directories of files, or globs, relative to the spec file. `format` is
-`parquet` or `csv` (inferred from the file suffix when left out). `validate_spec` checks the
-files themselves (they exist, hold the id column and every named column) so that a bad spec is a
-`ValueError` naming the problem before any training starts.
+Paths are files, directories of files, or globs, relative to the spec file (a `.h5ad` view and
+a `mudata:` source are one file each). `format` is `parquet`, `csv` or `h5ad` (inferred from the
+file suffix when left out). `.h5ad` / `.h5mu` need the `omics` extra
+(`pip install 'mvimpute[omics]'`). `validate_spec` checks the files themselves (they exist, hold
+the id column, every named column, layer and modality) so that a bad spec is a `ValueError`
+naming the problem before any training starts.
 """
 
 from __future__ import annotations
 
 import glob as globlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,20 +56,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..models.base import LIKELIHOODS
+from . import omics
 from .multiview import COLUMN_SEP, SCALINGS
 
-FORMATS = ("parquet", "csv")
-_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".gz": "csv"}
+FORMATS = ("parquet", "csv", "h5ad")
+_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".gz": "csv", ".h5ad": "h5ad"}
 COUNT_LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial")
 
 
 class ViewSpec(BaseModel):
-    """One view: its own table (`path`) or a slice of the wide table (`columns` / `prefix`)."""
+    """One view: its own table or AnnData (`path`), a slice of the wide table (`columns` / `prefix`),
+    or a MuData modality. `layer` reads an AnnData layer instead of X."""
 
     model_config = ConfigDict(extra="forbid")
 
     path: str | list[str] | None = None
-    format: Literal["parquet", "csv"] | None = None
+    format: Literal["parquet", "csv", "h5ad"] | None = None
+    layer: str | None = None
     columns: list[str] | None = None
     prefix: str | None = None
     likelihood: Literal["bernoulli", "gaussian", "poisson", "negative_binomial"] | None = None
@@ -71,6 +93,8 @@ class ViewSpec(BaseModel):
     def _choices(self) -> ViewSpec:
         if self.columns is not None and self.prefix is not None:
             raise ValueError("give either columns or prefix, not both")
+        if self.layer is not None and self.format in ("parquet", "csv"):
+            raise ValueError(f"layer {self.layer!r} is for AnnData views (h5ad, mudata), not {self.format}")
         if self.scaling not in (None, "none") and self.likelihood in COUNT_LIKELIHOODS:
             raise ValueError(
                 f"scaling {self.scaling!r} does not fit likelihood {self.likelihood!r}, which models raw values; "
@@ -87,7 +111,8 @@ class DatasetSpec(BaseModel):
     name: str | None = None
     id_column: str = "sample_id"
     table: str | list[str] | None = None
-    format: Literal["parquet", "csv"] | None = None
+    mudata: str | None = None
+    format: Literal["parquet", "csv", "h5ad"] | None = None
     views: dict[str, ViewSpec] = Field(min_length=1)
     base_dir: str | None = None
 
@@ -101,7 +126,15 @@ class DatasetSpec(BaseModel):
 
     @model_validator(mode="after")
     def _layout(self) -> DatasetSpec:
-        if self.table is not None:
+        if self.mudata is not None:
+            if self.table is not None:
+                raise ValueError("give either table or mudata, not both")
+            for v, vs in self.views.items():
+                if vs.path is not None or vs.format is not None:
+                    raise ValueError(
+                        f"view {v!r}: a mudata spec reads the modality named like the view; give no path or format"
+                    )
+        elif self.table is not None:
             for v, vs in self.views.items():
                 if vs.path is not None:
                     raise ValueError(
@@ -109,14 +142,20 @@ class DatasetSpec(BaseModel):
                     )
                 if vs.columns is None and vs.prefix is None:
                     raise ValueError(f"view {v!r}: a wide-table spec needs columns or prefix for every view")
+                if vs.layer is not None:
+                    raise ValueError(f"view {v!r}: layer is for AnnData views (h5ad, mudata), not a wide table")
         else:
             for v, vs in self.views.items():
                 if vs.path is None:
-                    raise ValueError(f"view {v!r}: give a path per view, or a wide table with table:")
+                    raise ValueError(
+                        f"view {v!r}: give a path per view, a wide table with table:, or a MuData file with mudata:"
+                    )
         return self
 
     @property
     def layout(self) -> str:
+        if self.mudata is not None:
+            return "mudata"
         return "wide" if self.table is not None else "per_view"
 
     @property
@@ -178,6 +217,7 @@ class ViewSource:
     columns: list[str]
     likelihood: str | None
     scaling: str | None
+    anndata: omics.AnnDataSource | None = None
 
 
 @dataclass
@@ -187,6 +227,7 @@ class ResolvedSpec:
     views: dict[str, ViewSource]
     table_files: list[str] | None = None
     table_format: str | None = None
+    mudata_file: str | None = None
 
     @property
     def columns(self) -> dict[str, list[str]]:
@@ -202,7 +243,8 @@ def _format_of(files: list[str], given: str | None, what: str) -> str:
         return given
     suffixes = {_SUFFIXES.get(Path(f).suffix.lower()) for f in files}
     if len(suffixes) != 1 or None in suffixes:
-        raise ValueError(f"{what}: cannot tell the format from {files[:3]}; set format: parquet or csv")
+        hint = "; a .h5mu file is given as mudata: at the top level" if any(f.endswith(".h5mu") for f in files) else ""
+        raise ValueError(f"{what}: cannot tell the format from {files[:3]}; set format: parquet, csv or h5ad{hint}")
     return suffixes.pop()
 
 
@@ -222,7 +264,7 @@ def _files(paths: str | list[str], base_dir: str | None, fmt: str | None, what: 
             wanted = {k for k, f in _SUFFIXES.items() if fmt is None or f == fmt}
             hits = sorted(str(f) for f in full.iterdir() if f.is_file() and f.suffix.lower() in wanted)
             if not hits:
-                raise ValueError(f"{what}: directory {p!r} holds no {fmt or 'parquet/csv'} file")
+                raise ValueError(f"{what}: directory {p!r} holds no {fmt or 'parquet/csv/h5ad'} file")
             out += hits
         elif full.is_file():
             out.append(str(full))
@@ -254,7 +296,8 @@ def read_file_schema(path: str, fmt: str, what: str):
 
 def _pick_columns(names: list[str], vs: ViewSpec, exclude: set[str], what: str, source: str) -> list[str]:
     if vs.columns is not None:
-        unknown = [c for c in vs.columns if c not in names]
+        have = set(names)
+        unknown = [c for c in vs.columns if c not in have]
         if unknown:
             raise ValueError(f"{what}: unknown column(s) {unknown[:5]} (not in {source}, which has {names[:8]}...)")
         return list(vs.columns)
@@ -267,13 +310,18 @@ def _pick_columns(names: list[str], vs: ViewSpec, exclude: set[str], what: str, 
 
 def validate_spec(spec: str | Path | Mapping | DatasetSpec) -> ResolvedSpec:
     """Resolve a spec against its files: every file readable, id column and named columns present,
-    every view with at least one numeric column. Reads only file metadata (and CSV headers)."""
+    every view with at least one numeric column; for AnnData views the modality, layer and var names
+    present and the obs names unique. Reads only file metadata (CSV headers, AnnData obs/var indices)."""
     spec = load_spec(spec)
     idc = spec.id_column
     views: dict[str, ViewSource] = {}
+    if spec.layout == "mudata":
+        return _validate_mudata(spec)
     if spec.layout == "wide":
         files = _files(spec.table, spec.base_dir, spec.format, "table")
         fmt = _format_of(files, spec.format, "table")
+        if fmt not in ("parquet", "csv"):
+            raise ValueError(f"table: a wide table is parquet or csv, not {fmt}; give h5ad files as per-view paths")
         schema = read_file_schema(files[0], fmt, "table")
         names = list(schema.names)
         if idc not in names:
@@ -292,6 +340,15 @@ def validate_spec(spec: str | Path | Mapping | DatasetSpec) -> ResolvedSpec:
         what = f"view {v!r}"
         files = _files(vs.path, spec.base_dir, vs.format or spec.format, what)
         fmt = _format_of(files, vs.format or spec.format, what)
+        if fmt == "h5ad":
+            if len(files) != 1:
+                raise ValueError(f"{what}: an h5ad view is one file, got {len(files)}: {files[:3]}")
+            src = omics.inspect(files[0], "", vs.layer, what, "h5ad")
+            cols = _anndata_columns(src, vs, idc, what)
+            views[v] = ViewSource(v, files, fmt, cols, vs.likelihood, vs.scaling, src)
+            continue
+        if vs.layer is not None:
+            raise ValueError(f"{what}: layer {vs.layer!r} is for AnnData views (h5ad, mudata), not {fmt}")
         schema = read_file_schema(files[0], fmt, what)
         names = list(schema.names)
         if idc not in names:
@@ -300,6 +357,37 @@ def validate_spec(spec: str | Path | Mapping | DatasetSpec) -> ResolvedSpec:
         _check_numeric(schema, cols, what, files[0])
         views[v] = ViewSource(v, files, fmt, cols, vs.likelihood, vs.scaling)
     return ResolvedSpec(spec, idc, views)
+
+
+def _anndata_columns(src: omics.AnnDataSource, vs: ViewSpec, idc: str, what: str) -> list[str]:
+    """The var names a view takes from an AnnData (all, a list, or a prefix)."""
+    source = f"the var_names of {src.path!r}" + (f" ({src.group})" if src.group else "")
+    if not src.var_names:
+        raise ValueError(f"{what} has no columns: {source} are empty")
+    cols = _pick_columns(src.var_names, vs, set(), what, source)
+    dup = sorted(c for c, k in Counter(cols).items() if k > 1)
+    if dup:
+        raise ValueError(f"{what}: duplicate var name(s) {dup[:5]} in {source}; select unique ones with columns:")
+    if idc in cols:
+        raise ValueError(f"{what}: var name {idc!r} is also the id column; set id_column to another name")
+    return cols
+
+
+def _validate_mudata(spec: DatasetSpec) -> ResolvedSpec:
+    files = _files(spec.mudata, spec.base_dir, None, "mudata")
+    if len(files) != 1:
+        raise ValueError(f"mudata: one .h5mu file, got {len(files)}: {files[:3]}")
+    path = files[0]
+    mods = omics.modalities(path, "mudata")
+    views: dict[str, ViewSource] = {}
+    for v, vs in spec.views.items():
+        what = f"view {v!r}"
+        if v not in mods:
+            raise ValueError(f"{what}: no modality {v!r} in {path!r} (modalities: {mods})")
+        src = omics.inspect(path, f"mod/{v}", vs.layer, what, "h5mu")
+        cols = _anndata_columns(src, vs, spec.id_column, what)
+        views[v] = ViewSource(v, files, "h5mu", cols, vs.likelihood, vs.scaling, src)
+    return ResolvedSpec(spec, spec.id_column, views, mudata_file=path)
 
 
 def _check_numeric(schema, cols: list[str], what: str, path: str) -> None:
