@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -198,6 +199,12 @@ def _train_worker(config: dict) -> None:
 
             log_epoch_metrics(tracking, metrics, step=epoch)
         report(metrics, save=(epoch + 1) % every == 0 or epoch + 1 == cfg.epochs)
+        if rank == 0:
+            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "val_rmse") if k in metrics)
+            secs = metrics.get("epoch_seconds", float("nan"))
+            line = f"epoch {epoch + 1}/{cfg.epochs} {shown} ({secs:.1f} s){' *' if improved else ''}"
+            # the worker's raw stdout: Ray Train tees `sys.stdout` into its own log, which reached the driver twice
+            print(line, file=sys.__stdout__, flush=True)
         if fault and rank == fault["rank"] and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
             Path(fault["marker"]).write_text(f"failed after epoch {epoch}\n")
             raise RuntimeError(f"injected failure on worker {rank} after epoch {epoch} ({FAULT_ENV})")
@@ -326,6 +333,10 @@ def train_distributed(
     datasets = {"train": train.tensor_dataset(schema), "fit": train.tensor_dataset(schema)}
     if has_val:
         datasets["val"] = val.tensor_dataset(schema, with_id=True)
+    for ds in datasets.values():
+        # workers re-read their shard every epoch: Ray Data's bars would print a screenful per epoch
+        # through the driver's log, so these datasets run without them; rank 0 prints a line per epoch
+        ds.context.enable_progress_bars = False
     run_name = run_name or f"{model}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
     storage = str(storage_path or DEFAULT_STORAGE)
     if "://" not in storage:
