@@ -4,7 +4,7 @@ One machine:
     python jobs/bench.py jpvae-priors --seeds 0 1 2 --epochs 60
     python jobs/bench.py fit-time --epochs 30
     python jobs/bench.py tae-baselines --seeds 0 1 2 --rates 0.5 0.8 --epochs 80 --threads 1
-    python jobs/bench.py jpvae-priors --data mnist-5k --epochs 10 --threads 1   # needs mvimpute[bench]
+    python jobs/bench.py jpvae-priors --data mnist-5k --epochs 4 --n-samples 20 --threads 1   # needs mvimpute[bench]
 On a Ray cluster (runs on the head node's driver):
     ray job submit --working-dir . -- python jobs/bench.py jpvae-priors
 Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--epochs", type=int, default=60, help="budget per model (early stopping may end sooner)")
     a.add_argument("--data", choices=benchmarks.BENCH_DATA, default="digits", help="mnist-5k needs mvimpute[bench]")
     a.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 helps on a shared machine)")
+    a.add_argument("--n-samples", type=int, default=50, help="posterior draws for the 90 %% coverage")
     a.add_argument("--name", default=None, help="file name of the JSON/Markdown outputs (default per data set)")
     a.add_argument("--out", default="outputs/bench")
     a.add_argument("--figure", default="auto", help="PNG path; 'auto': docs/img/jpvae_<data>.png; '' for none")
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--data", choices=benchmarks.BENCH_DATA, default="digits", help="mnist-5k needs mvimpute[bench]")
     t.add_argument("--noise-std", type=float, default=0.1)
     t.add_argument("--eval-elbo-steps", type=int, default=1000)
+    t.add_argument("--n-samples", type=int, default=100, help="posterior draws for coverage, CRPS and spread")
     t.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 helps on a shared machine)")
     t.add_argument("--models", nargs="+", default=["mvae", "miwae", "tae"])
     t.add_argument(
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             data=args.data,
             name=args.name,
             figure=args.figure or None,
+            n_samples=args.n_samples,
         )
     elif args.bench == "fit-time":
         benchmarks.fit_time(epochs=args.epochs, repeats=args.repeats, out_dir=args.out)
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             epochs=args.epochs,
             noise_std=args.noise_std,
             eval_elbo_steps=args.eval_elbo_steps,
+            n_samples=args.n_samples,
             out_dir=args.out,
             figure=args.figure or None,
             data=args.data,

@@ -54,6 +54,15 @@ def _write(out_dir: Path, name: str, rows: list[dict], table: str) -> None:
     (out_dir / f"{name}.md").write_text(table + "\n")
 
 
+def figure_rows(test: MultiViewData, n: int = 8) -> np.ndarray:
+    """Rows of `test` shown in the figures: the first `n`, or, when those all share one label
+    (mnist-5k is sorted by label), the first row of each of `n` labels."""
+    labels = None if test.obs is None or "label" not in test.obs else test.obs["label"].to_numpy()
+    if labels is None or len(set(labels[:n].tolist())) > 1:
+        return np.arange(min(n, test.n_samples))
+    return np.array([int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:n]])
+
+
 def digit_figure(path: Path, panels: dict[str, np.ndarray], title: str = "") -> Path:
     """A grid of square images (8×8, 28×28, …; side from the pixel count): one row per panel
     name, one column per sample (values in [0, 1], NaN shown pink)."""
@@ -95,11 +104,13 @@ def jpvae_priors(
     progress: bool = True,
     data: str = "digits",
     name: str | None = None,
+    n_samples: int = 50,
 ) -> list[dict]:
     """JPVAE's half-image protocol on `data` (`digits` or `mnist-5k`, top and bottom halves as the
     two views): impute one half from the other on a held-out test split (20 %), summed BCE of the
-    imputed half and active units, per prior and seed. `figure="auto"`: docs/img/jpvae_<data>.png;
-    `name` (default jpvae_priors[_mnist5k]) names the JSON/Markdown outputs."""
+    imputed half and active units, per prior and seed (`n_samples` draws for the 90 % coverage).
+    `figure="auto"`: docs/img/jpvae_<data>.png; `name` (default jpvae_priors[_mnist5k]) names the
+    JSON/Markdown outputs."""
     name, figure = _outputs(data, name, "jpvae_priors", figure, "jpvae")
     data = bench_data(data, "halves")
     rows = []
@@ -113,7 +124,7 @@ def jpvae_priors(
             row = {"prior": prior, "seed": seed, "fit_seconds": imp.fit_seconds_, "best_epoch": imp.best_epoch_}
             for hidden, given in (("top", "bottom"), ("bottom", "top")):
                 corrupted = masking.hide_view(test, hidden).data
-                s = score(imp, test, corrupted, n_samples=50)
+                s = score(imp, test, corrupted, n_samples=n_samples)
                 row[f"bce_{hidden}_from_{given}"] = s[f"bce/{hidden}"]
                 row[f"rmse_{hidden}_from_{given}"] = s["rmse"]
                 row[f"coverage90_{hidden}_from_{given}"] = s["coverage_90"]
@@ -137,7 +148,7 @@ def jpvae_priors(
     _write(Path(out_dir), name, rows, text)
     if figure and shown:
         train, test = data.split(0.2, seed=seeds[0])
-        pick = np.arange(8)
+        pick = figure_rows(test)
         sub = test.subset(pick)
         corrupted = masking.hide_view(sub, "bottom").data
         panels = {
@@ -312,7 +323,7 @@ def tae_vs_baselines(
     _write(Path(out_dir), name, rows, text)
     if figure and "tae" in shown:
         _, test, _, test_c = noisy_digits(rates[0], seeds[0], noise_std, data)
-        pick = np.arange(8)
+        pick = figure_rows(test)
         sub_t, sub_c = test.subset(pick), test_c.subset(pick)
 
         def img(views):
