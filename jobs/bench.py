@@ -4,7 +4,7 @@ One machine:
     python jobs/bench.py jpvae-priors --seeds 0 1 2 --epochs 60
     python jobs/bench.py fit-time --epochs 30
     python jobs/bench.py tae-baselines --seeds 0 1 2 --rates 0.5 0.8 --epochs 80 --threads 1
-    python jobs/bench.py jpvae-priors --data mnist-5k --epochs 4 --n-samples 20 --threads 1   # needs mvimpute[bench]
+    python jobs/bench.py jpvae-priors --data mnist-5k --epochs 30 --n-samples 20 --threads 1  # needs mvimpute[bench]
 On a Ray cluster (runs on the head node's driver):
     ray job submit --working-dir . -- python jobs/bench.py jpvae-priors
 Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
