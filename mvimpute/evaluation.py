@@ -10,21 +10,37 @@ is classified and the majority vote taken (TAE paper §4.2).
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from . import masking
 from .baselines import BASELINES
+from .data.datasets import load_dataset
 from .data.multiview import MultiViewData
 from .imputer import MultiViewImputer
+from .models import MODEL_REGISTRY
 from .scoring import score
 
 MECHANISMS = ("mcar", "view", "mar")
 CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+SUMMARY_METRICS = (
+    "rmse",
+    "mae",
+    "crps",
+    "coverage_50",
+    "coverage_90",
+    "width_90",
+    "accuracy",
+    "eval_elbo",
+    "fit_seconds",
+)
 
 
 def hide(data: MultiViewData, mechanism: str, rate: float, seed: int) -> masking.Corrupted:
@@ -58,6 +74,38 @@ def downstream_accuracy(imputer, train: MultiViewData, y_train, test: MultiViewD
     return float(np.mean(pred == np.asarray(y_test)))
 
 
+def check_grid(
+    models: Mapping[str, Mapping],
+    baselines: Sequence[str],
+    mechanisms: Sequence[str],
+    rates: Sequence[float],
+    seeds: Sequence[int],
+) -> None:
+    """A `ValueError` naming the first unknown baseline, model, model parameter, mechanism or bad rate."""
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+    for name, params in models.items():
+        params = dict(params)
+        kind = params.pop("model", name)
+        if kind not in MODEL_REGISTRY:
+            raise ValueError(f"unknown model {kind!r}; choose from {sorted(MODEL_REGISTRY)}")
+        try:
+            MultiViewImputer(kind, progress=False, **params)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model {name!r}: {err}") from None
+    for m in mechanisms:
+        if m not in MECHANISMS:
+            raise ValueError(f"unknown mechanism {m!r}; choose one of {MECHANISMS}")
+    for r in rates:
+        if not 0.0 < r < 1.0:
+            raise ValueError(f"rate {r!r} is not in (0, 1)")
+    if not (baselines or models):
+        raise ValueError("nothing to evaluate: no model and no baseline given")
+    if not (mechanisms and rates and seeds):
+        raise ValueError("the grid is empty: give at least one mechanism, rate and seed")
+
+
 def evaluate(
     data: MultiViewData,
     models: Mapping[str, Mapping] | None = None,
@@ -75,19 +123,15 @@ def evaluate(
     """Run the grid and write `results.json`, `results.md`, `score_vs_rate.png`, `calibration.png`.
 
     `models` maps a label to `MultiViewImputer` keyword arguments (`{"model": "jpvae", ...}`).
+    Names and parameters are checked (`check_grid`) before anything is fitted or written.
     """
-    models = dict(models or {"jpvae": {"model": "jpvae"}, "tae": {"model": "tae"}})
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
-    for m in mechanisms:
-        if m not in MECHANISMS:
-            raise ValueError(f"unknown mechanism {m!r}; choose one of {MECHANISMS}")
+    models = dict(models if models is not None else {"jpvae": {"model": "jpvae"}, "tae": {"model": "tae"}})
     labels = None
     if label is not None:
         if data.obs is None or label not in data.obs:
             raise ValueError(f"no label column {label!r} in the data's obs")
         labels = data.obs[label].to_numpy()
+    check_grid(models, baselines, mechanisms, rates, seeds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods: dict[str, Callable[[], object]] = {name: BASELINES[name] for name in baselines}
@@ -122,6 +166,148 @@ def evaluate(
     score_vs_rate_figure(rows, out_dir / "score_vs_rate.png")
     calibration_figure(rows, out_dir / "calibration.png")
     return rows
+
+
+OUTPUT_FILES = ("results.json", "results.md", "score_vs_rate.png", "calibration.png")
+
+
+def load_data(source: str | MultiViewData) -> MultiViewData:
+    """An embedded data set name, or a dataset spec YAML (read with Ray Data, collected on the driver)."""
+    if isinstance(source, MultiViewData):
+        return source
+    if str(source).endswith((".yaml", ".yml")):
+        from .data.ray_data import read_spec
+
+        return read_spec(source).to_multiview()
+    return load_dataset(source)
+
+
+def model_grid(models: Sequence[str], params: Sequence[str] = (), epochs: int | None = None) -> dict[str, dict]:
+    """`MultiViewImputer` keyword arguments per model from registry names and `MODEL.key=value` items
+    (YAML values, e.g. `tae.C=15`, `jpvae.hidden=[64,64]`); `epochs` for every model unless a param sets it."""
+    out: dict[str, dict] = {}
+    for m in models:
+        if m not in MODEL_REGISTRY:
+            raise ValueError(f"unknown model {m!r}; choose from {sorted(MODEL_REGISTRY)}")
+        out[m] = {"model": m} | ({"epochs": epochs} if epochs is not None else {})
+    for item in params:
+        key, sep, value = item.partition("=")
+        model, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name or model not in out:
+            raise ValueError(f"param {item!r}: expected MODEL.key=value with MODEL one of {list(out)}")
+        if name == "model":
+            raise ValueError(f"param {item!r}: the model kind is set by the model's name")
+        try:
+            out[model][name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"param {item!r}: cannot parse {value!r} ({err})") from None
+    return out
+
+
+def summary_metrics(rows: Sequence[dict], metrics: Sequence[str] = SUMMARY_METRICS) -> dict[str, float]:
+    """`<metric>/<method>/<mechanism>/<rate>` → mean over seeds, for every metric present and finite."""
+    out: dict[str, float] = {}
+    cells = dict.fromkeys((r["method"], r["mechanism"], r["rate"]) for r in rows)
+    for meth, mech, rate in cells:
+        sel = [r for r in rows if (r["method"], r["mechanism"], r["rate"]) == (meth, mech, rate)]
+        for m in metrics:
+            xs = [float(r[m]) for r in sel if r.get(m) is not None and np.isfinite(r[m])]
+            if xs:
+                out[f"{m}/{meth}/{mech}/{rate:g}"] = float(np.mean(xs))
+    return out
+
+
+class EvaluationInputError(ValueError):
+    """A bad name, parameter or data source given to `run_evaluation` (raised before any fit)."""
+
+
+@dataclass
+class EvaluationResult:
+    rows: list[dict]
+    out_dir: Path
+    wall_seconds: float
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def run_evaluation(
+    data: str | MultiViewData = "synthetic-omics",
+    models: Sequence[str] = ("jpvae", "tae"),
+    params: Sequence[str] = (),
+    epochs: int | None = 100,
+    baselines: Sequence[str] = ("column-mean", "knn", "mice", "missforest"),
+    mechanisms: Sequence[str] = ("mcar", "view"),
+    rates: Sequence[float] = (0.2, 0.5),
+    seeds: Sequence[int] = (0, 1, 2),
+    n_samples: int = 100,
+    label: str | None = None,
+    out_dir: str | Path = "outputs/evaluate",
+    tracking_uri: str | None = None,
+    mlflow: bool | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """The `mvimpute evaluate` / `jobs/evaluate.py` call: build the grid from names, run `evaluate`, and
+    log one MLflow run when `mlflow` is true, or when it is None and a tracking URI is given or
+    `MLFLOW_TRACKING_URI` is set. Bad names, parameters or data are `EvaluationInputError`s
+    (a `ValueError`) raised before anything is fitted."""
+    baselines, mechanisms = tuple(baselines), tuple(mechanisms)
+    rates, seeds = tuple(float(r) for r in rates), tuple(int(s) for s in seeds)
+    try:
+        grid = model_grid(models, params, epochs)
+        check_grid(grid, baselines, mechanisms, rates, seeds)
+        frame = load_data(data)
+        if label is not None and (frame.obs is None or label not in frame.obs):
+            raise ValueError(f"no label column {label!r} in the data's obs")
+    except ValueError as err:
+        raise EvaluationInputError(str(err)) from err
+    track = mlflow if mlflow is not None else bool(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    on_result = None
+    if progress:
+
+        def on_result(row: dict) -> None:
+            shown = [f"{k} {row[k]:.4g}" for k in ("rmse", "crps", "coverage_90", "accuracy") if k in row]
+            tqdm.write(
+                f"{row['method']} {row['mechanism']} rate {row['rate']:g} seed {row['seed']}: "
+                f"{', '.join(shown)} (fit {row['fit_seconds']:.1f} s)"
+            )
+
+    t0 = time.perf_counter()
+    rows = evaluate(
+        frame,
+        grid,
+        baselines,
+        mechanisms,
+        rates,
+        seeds,
+        n_samples=n_samples,
+        label=label,
+        out_dir=out_dir,
+        progress=progress,
+        on_result=on_result,
+    )
+    result = EvaluationResult(rows, Path(out_dir), time.perf_counter() - t0)
+    if track:
+        from . import tracking
+
+        config = {
+            "data": data if isinstance(data, str) else "in-memory",
+            "data_samples": frame.n_samples,
+            "views": {v: frame.dims[v] for v in frame.view_names},
+            "models": grid,
+            "baselines": ",".join(baselines),
+            "mechanisms": ",".join(mechanisms),
+            "rates": ",".join(f"{r:g}" for r in rates),
+            "seeds": ",".join(str(s) for s in seeds),
+            "epochs": epochs,
+            "n_samples": n_samples,
+            "label": label,
+        }
+        metrics = summary_metrics(rows) | {"wall_seconds": result.wall_seconds}
+        run = tracking.log_evaluation(
+            config, metrics, [result.out_dir / f for f in OUTPUT_FILES], tracking_uri=tracking_uri
+        )
+        result.run_id, result.tracking_uri = run.run_id, run.tracking_uri
+    return result
 
 
 def _mean_sd(xs) -> str:

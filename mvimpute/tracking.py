@@ -10,10 +10,11 @@ output the same frame with missing entries imputed (`MultiViewImputer.transform`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -238,6 +239,47 @@ def log_training_outputs(run: RunRef, result, registered_model_name: str | None 
     return log_model(run, result.checkpoint_file, example, registered_model_name, imputer=imputer)
 
 
+def metric_key(name: str) -> str:
+    """`name` with every character MLflow does not allow in a metric name replaced by `_`."""
+    return re.sub(r"[^\w./\- ]", "_", name).strip("/") or "_"
+
+
+def log_evaluation(
+    config: Mapping,
+    metrics: Mapping[str, float],
+    artifacts: Iterable[str | Path],
+    tracking_uri: str | None = None,
+    experiment: str = "mvimpute-evaluate",
+    run_name: str | None = None,
+) -> RunRef:
+    """One finished run for an evaluation grid: `config` as params (flattened) and `config.yaml`,
+    `metrics` (e.g. `rmse/<method>/<mechanism>/<rate>`, names made MLflow-legal), the files as artifacts.
+
+    A new experiment in a SQLite store keeps its artifacts in `mlartifacts/` beside the database file."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    if uri.startswith("sqlite:///") and client.get_experiment_by_name(experiment) is None:
+        location = (Path(uri[len("sqlite:///") :]).parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+        client.create_experiment(experiment, artifact_location=location)
+    run = start_run(experiment, run_name, tracking_uri=uri)
+    try:
+        client = run.client
+        client.set_tag(run.run_id, "mlflow.source.name", "mvimpute.evaluate")
+        log_config(run, config)
+        ts = int(time.time() * 1000)
+        items = [Metric(metric_key(k), float(v), ts, 0) for k, v in metrics.items() if np.isfinite(v)]
+        for i in range(0, len(items), 500):
+            client.log_batch(run.run_id, metrics=items[i : i + 500])
+        for path in artifacts:
+            if Path(path).is_file():
+                client.log_artifact(run.run_id, str(path))
+    except BaseException:
+        end_run(run, "FAILED")
+        raise
+    end_run(run)
+    return run
+
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "MultiViewPyfunc",
@@ -246,9 +288,11 @@ __all__ = [
     "flatten",
     "log_config",
     "log_epoch_metrics",
+    "log_evaluation",
     "log_figure",
     "log_model",
     "log_training_outputs",
+    "metric_key",
     "pinned_requirements",
     "resolve_tracking_uri",
     "start_run",

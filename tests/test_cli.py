@@ -189,3 +189,54 @@ def test_train_rejects_a_bad_spec_before_starting(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(spec), "--no-gpu"], terminal_width=300)
     assert result.exit_code != 0
     assert "nowhere.parquet" in result.output
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_runs_a_tiny_grid_and_logs_it(tmp_path):
+    out, uri = tmp_path / "eval", f"sqlite:///{tmp_path / 'track.db'}"
+    res = invoke("evaluate", "--data", "digits-halves", "--label", "label", "--models", "jpvae",
+                 "--param", "jpvae.hidden=[16,16]", "--param", "jpvae.latent_dim=3", "--param", "jpvae.batch_size=256",
+                 "--baselines", "column-mean", "--mechanisms", "view", "--rates", "0.5", "--seeds", 0,
+                 "--epochs", 1, "--n-samples", 5, "--out", out, "--tracking-uri", uri)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["mechanism"], r["rate"], r["seed"]) for r in rows] == [
+        ("column-mean", "view", 0.5, 0), ("jpvae", "view", 0.5, 0)]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    for name in ("results.md", "score_vs_rate.png", "calibration.png"):
+        assert (out / name).is_file()
+    text = res.output
+    assert "method=jpvae" in text and "method=column-mean" in text  # the progress bar names the method per cell
+    jp = rows[1]
+    assert f"jpvae view rate 0.5 seed 0: rmse {jp['rmse']:.4g}" in text
+    assert f"{jp['rmse']:.3f} ± 0.000" in text  # the results table
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", text).group(1)
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params["data"] == "digits-halves" and run.data.params["label"] == "label"
+    assert run.data.metrics["accuracy/jpvae/view/0.5"] == pytest.approx(jp["accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--mechanisms", "mcar,mnar"], "'mnar'"),
+        (["--models", "jpvae,gan"], "'gan'"),
+        (["--baselines", "knn,softimpute"], "softimpute"),
+        (["--param", "jpvae.bogus_knob=3"], "bogus_knob"),
+        (["--param", "vae.hidden=[8]"], "vae.hidden"),
+        (["--rates", "0.2,lots"], "'lots'"),
+        (["--rates", "1.5"], "1.5"),
+        (["--data", "mnist-quarters"], "mnist-quarters"),
+        (["--label", "colour"], "colour"),
+    ],
+)
+def test_evaluate_bad_input_names_it_and_fits_nothing(tmp_path, args, named):
+    out = tmp_path / "eval"
+    res = runner.invoke(app, ["evaluate", "--out", str(out), "--epochs", "1", *args], terminal_width=300)
+    assert res.exit_code == 2, res.output
+    assert named in plain(res.output)
+    assert not out.exists()

@@ -68,3 +68,21 @@ def test_downstream_accuracy_takes_the_majority_vote():
     acc = downstream_accuracy(_Votes(test.views, wrong), train, y_tr, test, y_te, n_draws=3)
     only_wrong = downstream_accuracy(_Votes(wrong, wrong), train, y_tr, test, y_te, n_draws=3)
     assert acc > 0.9 and only_wrong < 0.3
+
+
+def test_job_entry_point_runs_the_same_call(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    job.main(["--data", "digits-halves", "--models", "--baselines", "column-mean", "knn", "--mechanisms", "view",
+              "--rates", "0.5", "--seeds", "3", "--out", str(tmp_path), "--no-progress"])
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["column-mean", "knn"] and {r["seed"] for r in rows} == {3}
+    assert "| view | 0.5 | knn |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        job.main(["--models", "gan", "--out", str(tmp_path / "bad")])
+    assert err.value.code == 2 and "'gan'" in capsys.readouterr().err
