@@ -350,8 +350,8 @@ def evaluate(
         typer.Option(
             "--models",
             "--model",
-            help=f"Models ({', '.join(sorted(MODEL_REGISTRY))}); comma-separated "
-            "or repeated; '' for none.  [default: jpvae,tae]",
+            help=f"Models ({', '.join(sorted(MODEL_REGISTRY))}); comma-separated or repeated; '' for none.",
+            show_default="jpvae,tae",
         ),
     ] = None,
     param: Annotated[
@@ -360,15 +360,15 @@ def evaluate(
     baselines: Annotated[
         list[str] | None,
         typer.Option(
-            help="Classic imputers; comma-separated or repeated; '' for none.  "
-            "[default: column-mean,knn,mice,missforest]"
+            help="Classic imputers; comma-separated or repeated; '' for none.",
+            show_default="column-mean,knn,mice,missforest",
         ),
     ] = None,
     mechanisms: Annotated[
-        list[str] | None, typer.Option("--mechanisms", "--mechanism", help="mcar, view, mar.  [default: mcar,view]")
+        list[str] | None, typer.Option("--mechanisms", "--mechanism", help="mcar, view, mar.", show_default="mcar,view")
     ] = None,
-    rates: Annotated[list[str] | None, typer.Option(help="Shares to hide.  [default: 0.2,0.5]")] = None,
-    seeds: Annotated[list[str] | None, typer.Option(help="Seeds of split and masks.  [default: 0,1,2]")] = None,
+    rates: Annotated[list[str] | None, typer.Option(help="Shares to hide.", show_default="0.2,0.5")] = None,
+    seeds: Annotated[list[str] | None, typer.Option(help="Seeds of split and masks.", show_default="0,1,2")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of every model (a --param can override).")] = 100,
     n_samples: Annotated[int, typer.Option(min=1, help="Posterior draws for intervals and CRPS.")] = 100,
     label: Annotated[str | None, typer.Option(help="Obs column for downstream accuracy (digits: label).")] = None,
@@ -376,7 +376,7 @@ def evaluate(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (else MLFLOW_TRACKING_URI).")] = None,
     mlflow: Annotated[
         bool | None,
-        typer.Option("--mlflow/--no-mlflow", help="Log one MLflow run.  [default: when a tracking URI is set]"),
+        typer.Option("--mlflow/--no-mlflow", help="Log one MLflow run.", show_default="when a tracking URI is set"),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
