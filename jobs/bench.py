@@ -1,4 +1,4 @@
-"""Benchmarks behind the README tables.
+"""Benchmarks behind the tables in docs/ (benchmarks.md, jpvae.md, tae.md).
 
 One machine:
     python jobs/bench.py jpvae-priors --seeds 0 1 2 --epochs 60

@@ -1,4 +1,4 @@
-"""Reproducible measurements behind the README's result and benchmark tables."""
+"""Reproducible measurements behind the result and benchmark tables in docs/."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def fit_time(epochs: int = 30, repeats: int = 3, out_dir: str | Path = "outputs/
 
 TAE_BASELINES_ARCH = dict(latent_dim=20, hidden=400)  # the paper's posterior sizes, shared by all three
 TAE_BASELINES_BUDGET = dict(batch_size=64, lr=1e-3, patience=20)
-# TAE's own settings, picked on seed 0 by the self-supervised validation score (see README).
+# TAE's own settings, picked on seed 0 by the self-supervised validation score (see docs/tae.md).
 TAE_CHOSEN = dict(noise="fixed", noise_std=0.1, warmup_start=0.5, warmup_end=0.7, C=5.0, lam=2.0)
 TAE_PAPER_TABLE1 = {0.5: {"mvae": 870, "miwae": 917, "tae": 1719}, 0.8: {"mvae": 803, "miwae": 780, "tae": 1536}}
 TAE_LAYOUT = {"digits": "halves", "mnist-5k": "image"}  # the views the TAE protocol sees (concatenated by the models)
