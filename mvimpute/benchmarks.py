@@ -266,7 +266,7 @@ def tae_vs_baselines(
             for model in models:
                 imp = fit_posterior_model(model, train_c, seed, epochs, tae)
                 s = score(imp, test, test_c, n_samples=n_samples, eval_elbo_steps=eval_elbo_steps)
-                best = imp.history_[imp.best_epoch_]
+                best = imp.history_[imp.best_epoch_ - 1]
                 row = {
                     "model": model, "rate": rate, "seed": seed, "eval_elbo": s["eval_elbo"],
                     "psnr": float(-20 * np.log10(s["rmse"])), "spread": posterior_spread(imp, test_c, n_samples),
