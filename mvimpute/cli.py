@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -100,11 +101,19 @@ def _job_items(
 
     items = list(overrides or [])
     flags = {"data": data, "model": model, "train.epochs": epochs, "train.seed": seed, **(extra or {})}
+    from .config import TrainConfig
+
+    train_keys = {f.name for f in fields(TrainConfig)} - {"progress"}
+    own = {"epochs": "--epochs", "seed": "--seed", "device": "--device"}
     for item in params or []:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
-        items.append(f"model_params.{key.strip()}={value}")
+        if key in own:
+            raise typer.BadParameter(f"{key!r} has its own option: use {own[key]}", param_hint="--param")
+        section = "train" if key in train_keys else "model_params"  # as MultiViewImputer(**params) splits them
+        items.append(f"{section}.{key}={value}")
     for key, value in flags.items():
         if value is not None:
             text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
@@ -118,7 +127,7 @@ def _load_job(config: Path | None, items: list[str]):
     try:
         return load_job_config(config, items)
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="config") from None
+        raise typer.BadParameter(str(err).removeprefix("config: "), param_hint="--param or config") from None
 
 
 def load_data(name_or_spec: str):

@@ -43,8 +43,9 @@ def configure(verbose: bool = False) -> None:
     os.environ["MLFLOW_LOGGING_LEVEL"] = name_of_level
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
-    if not verbose and not any(isinstance(f, _DropNotices) for f in logging.getLogger("ray.data._internal.progress").filters):
-        logging.getLogger("ray.data._internal.progress").addFilter(_DropNotices())
+    progress_log = logging.getLogger("ray.data._internal.progress")
+    if not verbose and not any(isinstance(f, _DropNotices) for f in progress_log.filters):
+        progress_log.addFilter(_DropNotices())
     if not is_tty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's "(worker pid=…)" prefixes without ANSI codes
         os.environ.setdefault("NO_COLOR", "1")
