@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 import mvimpute as mvi
-from mvimpute import tracking
+from mvimpute import console, tracking
 from mvimpute.distributed import train_main
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--num-workers", type=int, default=1)
     args = p.parse_args(argv)
+    console.configure(verbose=False)  # a line per epoch and a summary, as `mvimpute train` prints
 
     small = ["model_params.prior=orthogonal", "model_params.latent_dim=10", "model_params.hidden=[128,128]"]
     job = train_main(

@@ -579,8 +579,13 @@ def evaluate(
 
 
 def command(name: str):
-    """One command as a click command, for the `jobs/*.py` wrappers (`python jobs/train.py --help`)."""
+    """One command as a click command (its options, help and checks are the `mvimpute <name>` ones)."""
     return typer.main.get_command(app).commands[name]
+
+
+def run_command(name: str, prog_name: str) -> None:
+    """Run one command as a program: the `jobs/*.py` wrappers (`python jobs/train.py --help`)."""
+    command(name).main(prog_name=prog_name, **app.info.context_settings)
 
 
 def main() -> None:  # pragma: no cover

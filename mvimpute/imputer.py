@@ -13,7 +13,7 @@ import torch
 
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
-from .data.multiview import MultiViewData, ViewSchema, as_multiview
+from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
 from .models import MODEL_REGISTRY, build_model
 from .models.base import config_from_kwargs
 from .training import TrainConfig, TrainingLoop, ValidationSet, resolve_device, shuffled_batches
@@ -72,6 +72,8 @@ class MultiViewImputer:
         torch.manual_seed(cfg.seed)
         data = as_multiview(views, self.likelihoods or None)
         data.check_no_empty_rows()
+        for v, a in data.views.items():  # before the split: a huge value in the validation rows overflows too
+            check_magnitude(v, a, data.columns[v])
         device = resolve_device(cfg.device)
         rng = np.random.default_rng(cfg.seed)
         if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:

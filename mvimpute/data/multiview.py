@@ -254,6 +254,11 @@ def _check_trainable(view: str, a: np.ndarray, columns: list[str]) -> None:
             f"view {view!r}, column(s) {names}: no observed value in the training data, so nothing can be "
             "learnt about them; drop the column(s) or add samples where they are measured"
         )
+    check_magnitude(view, a, columns)
+
+
+def check_magnitude(view: str, a: np.ndarray, columns: list[str]) -> None:
+    """Values so large that scaling or a likelihood overflows are a `ValueError` naming view and column."""
     big = np.abs(np.nan_to_num(a)) > MAX_ABS_VALUE
     if big.any():
         j = int(np.argwhere(big.any(0))[0, 0])
@@ -381,6 +386,8 @@ class ViewSchema:
                     raise ValueError(f"view {v!r}: columns {missing[:5]} are missing; got {cols[v][:5]}...")
                 order = [cols[v].index(c) for c in expected]
                 data_views[v] = a[:, order]
+        for v in self.columns:
+            check_magnitude(v, data_views[v], self.columns[v])
         return MultiViewData(
             {v: data_views[v] for v in self.columns},
             likelihoods=self.likelihoods,
