@@ -17,9 +17,11 @@ Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import t
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import benchmarks  # jobs/benchmarks.py: benchmark code stays out of the library (and of logged models)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmarks  # noqa: E402  (jobs/benchmarks.py: benchmark code stays out of the library and of logged models)
 import yaml
 
 
