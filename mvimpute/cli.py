@@ -3,7 +3,8 @@
     mvimpute datasets
     mvimpute fit --dataset digits-halves --model jpvae --epochs 50 --out model.pt --param hidden=[256,256]
     mvimpute score --model-path model.pt --dataset digits-halves --mechanism view --rate 0.5 --json scores.json
-    mvimpute impute --model-path model.pt --input in.parquet --output out.parquet --id-column sample_id
+    mvimpute impute --checkpoint model.pt --input in.parquet --output out.parquet --id-column sample_id
+    mvimpute serve --model-uri models:/mvimpute-jpvae@champion
     mvimpute train --config jobs/train.yaml --data digits-halves --num-workers 2 train.epochs=20
     mvimpute evaluate --data digits-halves --label label --models jpvae,tae --tracking-uri sqlite:///mlruns.db
 
@@ -21,11 +22,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 import yaml
 
 from . import masking
+from .cli_serving import impute, serve_command
 from .data import DATASETS, MultiViewData, load_dataset
 from .evaluation import EvaluationInputError, results_table, run_evaluation
 from .imputer import MultiViewImputer
@@ -240,55 +241,8 @@ def score(
         typer.echo(f"wrote {json_out}")
 
 
-@app.command()
-def impute(
-    model_path: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="A checkpoint from `fit`.")],
-    input_path: Annotated[
-        Path,
-        typer.Option(
-            "--input",
-            exists=True,
-            dir_okay=False,
-            help="Wide table (.csv/.parquet), columns `view:feature`, empty = missing.",
-        ),
-    ],
-    output: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the imputed table (.csv/.parquet).")],
-    id_column: Annotated[str | None, typer.Option(help="A column of sample ids to carry through.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-) -> None:
-    """Fill the missing entries of a wide table; observed values and row order are kept."""
-    in_fmt, out_fmt = table_format(input_path, "--input"), table_format(output, "--output")
-    imp = load_imputer(model_path, device)
-    try:
-        frame = pd.read_csv(input_path) if in_fmt == "csv" else pd.read_parquet(input_path)
-    except Exception as err:
-        raise typer.BadParameter(f"cannot read {str(input_path)!r}: {err}", param_hint="--input") from None
-    ids, id_pos = None, None
-    if id_column is not None:
-        if id_column not in frame.columns:
-            raise typer.BadParameter(f"no column {id_column!r} in {str(input_path)!r}", param_hint="--id-column")
-        id_pos = frame.columns.get_loc(id_column)
-        ids = frame[id_column]
-        frame = frame.drop(columns=[id_column])
-    frame = frame.reset_index(drop=True)
-    try:
-        filled = imp.transform(frame)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--input") from None
-    extra = [c for c in filled.columns if c not in frame.columns]
-    result = filled[[*frame.columns, *extra]].reset_index(drop=True)
-    if ids is not None:
-        result.insert(id_pos, id_column, ids.to_numpy())
-    n_missing = int(frame.isna().to_numpy().sum()) + len(extra) * len(frame)
-
-    def write(tmp: Path) -> None:
-        if out_fmt == "csv":
-            result.to_csv(tmp, index=False)
-        else:
-            result.to_parquet(tmp, index=False)
-
-    atomic_write(output, write)
-    typer.echo(f"imputed {n_missing} missing entries in {len(result)} rows → {output}")
+app.command()(impute)
+app.command("serve")(serve_command)
 
 
 @app.command()
