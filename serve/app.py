@@ -18,6 +18,7 @@ new version when the alias moves; otherwise a redeploy (`serve deploy` again) pi
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -149,6 +150,20 @@ api = FastAPI(
     version="1",
 )
 api.add_middleware(BodySizeLimit)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request, exc: RequestValidationError) -> JSONResponse:
+    """422 with `loc`, `msg`, `type` per error and the offending value only when it is a scalar (FastAPI's
+    own handler echoes whole inputs, and cannot render an ±Inf it was sent)."""
+    detail = []
+    for e in exc.errors():
+        item = {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+        value = e.get("input")
+        if isinstance(value, str | int | float | bool) and not isinstance(value, dict):
+            item["input"] = value if isinstance(value, str | bool | int) or math.isfinite(value) else str(value)
+        detail.append(item)
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 @serve.deployment
