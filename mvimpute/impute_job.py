@@ -284,6 +284,8 @@ def _ray_batches(path, fmt, blob, device, id_column, options, num_workers, use_g
 
 def _ray_pipeline(ray, path, fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size):
     ds = ray.data.read_csv(str(path)) if fmt == "csv" else ray.data.read_parquet(str(path))
+    if fmt == "csv" and id_column is not None and id_column.startswith("Unnamed: 0") and id_column not in ds.columns():
+        ds = ds.rename_columns({"": id_column})  # pyarrow names an empty header "", pandas "Unnamed: 0"
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": num_cpus}
     imputed = ds.map_batches(
         ImputeBatch,

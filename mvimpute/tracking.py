@@ -21,9 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -146,7 +148,13 @@ PYFUNC_PARAMS = {"n_samples": 100, "return": ["mean"], "level": 0.9}
 # what a logged model needs of the package: everything but the command line, the evaluation grid,
 # the Ray Train runner, the figures and the benchmarks (which would otherwise ship inside every model)
 _NOT_IN_MODEL = (
-    "benchmarks.py", "cli.py", "cli_serving.py", "evaluation.py", "distributed.py", "plots.py", "ray_data.py",
+    "benchmarks.py",
+    "cli.py",
+    "cli_serving.py",
+    "evaluation.py",
+    "distributed.py",
+    "plots.py",
+    "ray_data.py",
     "pyfunc_model.py",  # MLflow keeps the model file itself beside the code
 )
 
@@ -162,16 +170,17 @@ class MultiViewPyfunc(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], device="cpu")
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # typed: MLflow warns at class creation about a `predict` without hints (in a filter it resets to "once")
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = {**PYFUNC_PARAMS, **(params or {})}
         outputs = params["return"]
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         return self.predictor.predict_frame(
-            model_input.astype("float64"), outputs=outputs, n_samples=int(params["n_samples"]),
+            model_input.astype("float64"),
+            outputs=outputs,
+            n_samples=int(params["n_samples"]),
             level=float(params["level"]),
         )
 
