@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from copy import deepcopy
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -246,11 +248,13 @@ DEV_MAX_WORKERS = 2
 def dev_patch(prefix: str) -> list[dict]:
     """JSON patch for a RayClusterSpec at `prefix` (`/spec` or `/spec/rayClusterConfig`): drop the GPU
     group (the last), shrink the pods, cap the CPU workers."""
-    container = "template/spec/containers/0/resources"
+    resources = "template/spec/containers/0/resources"
+    head = {"requests": DEV_HEAD, "limits": DEV_HEAD}
+    worker = {"requests": DEV_WORKER, "limits": DEV_WORKER}
     return [
         {"op": "remove", "path": f"{prefix}/workerGroupSpecs/1"},
-        {"op": "replace", "path": f"{prefix}/headGroupSpec/{container}", "value": {"requests": DEV_HEAD, "limits": DEV_HEAD}},
-        {"op": "replace", "path": f"{prefix}/workerGroupSpecs/0/{container}", "value": {"requests": DEV_WORKER, "limits": DEV_WORKER}},
+        {"op": "replace", "path": f"{prefix}/headGroupSpec/{resources}", "value": head},
+        {"op": "replace", "path": f"{prefix}/workerGroupSpecs/0/{resources}", "value": worker},
         {"op": "replace", "path": f"{prefix}/workerGroupSpecs/0/maxReplicas", "value": DEV_MAX_WORKERS},
     ]
 
@@ -321,41 +325,42 @@ def dump(*docs: dict | list) -> str:
     return "---\n".join(yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=120) for d in docs)
 
 
-def outputs() -> dict[Path, str]:
-    """Every file this script writes, by path, with its content."""
-    return {
-        K8S / "base/ray/raycluster.yaml": GENERATED.format(source="") + dump(raycluster()),
-        **{
-            K8S / f"base/ray/rayjob-{name}.yaml": GENERATED.format(source="") + dump(rayjob(name))
-            for name in JOBS
-        },
-        K8S / "base/ray/rayservice.yaml": GENERATED.format(source=" from serve/config.yaml") + dump(rayservice()),
-        **{
-            K8S / f"overlays/{name}/patch-train.yaml": GENERATED.format(source="") + dump(train_patch(name))
-            for name in TRAIN_OVERLAYS
-        },
-        K8S / "overlays/dev/patch-raycluster.yaml": GENERATED.format(source="") + dump(dev_patch("/spec")),
-        K8S / "overlays/dev/patch-rayservice.yaml": GENERATED.format(source="")
-        + dump(dev_patch("/spec/rayClusterConfig")),
-        K8S / "image/requirements.txt": GENERATED.format(source="") + image_requirements(),
-        K8S / "image/requirements-mlflow.txt": GENERATED.format(source="") + mlflow_requirements(),
-    }
+def outputs() -> dict[Path, Callable[[], str]]:
+    """Every file this script writes, by path, with the function that makes its content."""
+    out: dict[Path, Callable[[], str]] = {K8S / "base/ray/raycluster.yaml": lambda: dump(raycluster())}
+    for name in JOBS:
+        out[K8S / f"base/ray/rayjob-{name}.yaml"] = partial(lambda n: dump(rayjob(n)), name)
+    out[K8S / "base/ray/rayservice.yaml"] = lambda: dump(rayservice())
+    for name in TRAIN_OVERLAYS:
+        out[K8S / f"overlays/{name}/patch-train.yaml"] = partial(lambda n: dump(train_patch(n)), name)
+    out[K8S / "overlays/dev/patch-raycluster.yaml"] = lambda: dump(dev_patch("/spec"))
+    out[K8S / "overlays/dev/patch-rayservice.yaml"] = lambda: dump(dev_patch("/spec/rayClusterConfig"))
+    out[K8S / "image/requirements.txt"] = image_requirements
+    out[K8S / "image/requirements-mlflow.txt"] = mlflow_requirements
+    return out
+
+
+def content(path: Path) -> str:
+    """What this script writes to `path` (one of `outputs()`), with its header."""
+    source = " from serve/config.yaml" if path.name == "rayservice.yaml" else ""
+    return GENERATED.format(source=source) + outputs()[path]()
 
 
 def stale() -> list[Path]:
-    return [p for p, text in outputs().items() if not p.is_file() or p.read_text() != text]
+    return [p for p in outputs() if not p.is_file() or p.read_text() != content(p)]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs from what would be written")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is stale")
     args = p.parse_args(argv)
     if args.check:
         bad = stale()
         for path in bad:
             print(f"stale: {path.relative_to(ROOT)} (run python k8s/render.py)", file=sys.stderr)
         return 1 if bad else 0
-    for path, text in outputs().items():
+    for path in outputs():
+        text = content(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(ROOT)}")
