@@ -44,8 +44,9 @@ SERVE_K8S_OVERRIDES = {"http_options": {"host": "0.0.0.0"}}
 # pinned to the version installed here, where the tests run.
 RUNTIME_EXTRAS = ("ray", "polars", "typer", "matplotlib", "anndata", "mudata")
 RAY_EXTRAS = "default,train,tune,serve,data"
-# The MLflow server's own image: the tracking server, its PostgreSQL driver and the S3 client.
-MLFLOW_SERVER_PACKAGES = ("mlflow", "psycopg2-binary", "boto3")
+# The MLflow server's own image: the tracking server, the PostgreSQL driver SQLAlchemy 2.1 picks for
+# postgresql:// URIs (psycopg 3) and the S3 client.
+MLFLOW_SERVER_PACKAGES = ("mlflow", "psycopg[binary]", "boto3")
 
 GENERATED = "# Written by k8s/render.py{source}: edit there, then run `python k8s/render.py`.\n"
 
@@ -305,7 +306,7 @@ def image_requirements() -> str:
 
 
 def mlflow_requirements() -> str:
-    return "\n".join(f"{name}=={version(name)}" for name in MLFLOW_SERVER_PACKAGES) + "\n"
+    return "\n".join(f"{name}=={version(name.split('[')[0])}" for name in MLFLOW_SERVER_PACKAGES) + "\n"
 
 
 # ----------------------------------------------------------------------------- files

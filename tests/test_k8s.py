@@ -549,5 +549,5 @@ def test_mlflow_server_image_matches_the_clients_mlflow():
 
     lines = requirement_lines(K8S / "image/requirements-mlflow.txt")
     assert f"mlflow=={metadata.version('mlflow')}" in lines
-    assert any(ln.startswith("psycopg2-binary==") for ln in lines) and any(ln.startswith("boto3==") for ln in lines)
+    assert any(ln.startswith("psycopg[binary]==") for ln in lines) and any(ln.startswith("boto3==") for ln in lines)
     assert "requirements-mlflow.txt" in (K8S / "image/Dockerfile.mlflow").read_text()
