@@ -143,7 +143,8 @@ def _start_postgres(root: Path, user: str, password: str, db: str, port: int):
     steps = [
         [bin_dir / "initdb", "-D", data, "-U", user, "--pwfile", pwfile, "-E", "utf8",
          "--auth-host=scram-sha-256", "--auth-local=trust"],
-        [bin_dir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {port} -k {root}", "start"],
+        [bin_dir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60",
+         "-o", f"-h 127.0.0.1 -p {port} -k {root}", "start"],
     ]  # fmt: skip
     for cmd in steps:
         out = subprocess.run(cmd, user=run_as, capture_output=True, text=True, timeout=120)
