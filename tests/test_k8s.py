@@ -551,3 +551,39 @@ def test_mlflow_server_image_matches_the_clients_mlflow():
     assert f"mlflow=={metadata.version('mlflow')}" in lines
     assert any(ln.startswith("psycopg[binary]==") for ln in lines) and any(ln.startswith("boto3==") for ln in lines)
     assert "requirements-mlflow.txt" in (K8S / "image/Dockerfile.mlflow").read_text()
+
+
+# ----------------------------------------------------------------------------- the deployment guide
+
+
+def selects(selector: str, labels: dict) -> bool:
+    """kubectl's equality-based label selector (`k=v`, `k==v`, `k!=v`, comma = and)."""
+    for term in selector.split(","):
+        key, op, value = re.fullmatch(r"\s*([\w./-]+)\s*(!=|==|=)\s*([\w.-]*)\s*", term).groups()
+        if (labels.get(key) == value) != (op != "!="):
+            return False
+    return True
+
+
+def test_the_guide_applies_every_object_once_and_waits_on_objects_that_exist(overlays):
+    guide = (ROOT / "docs/kubernetes.md").read_text()
+    applies = re.findall(r"kubectl apply -k k8s/overlays/dev -l '?([^'\n]+?)'?$", guide, re.M)
+    assert len(applies) == 5
+    docs = overlays["dev"]
+    applied: list[str] = []
+    for selector in applies:
+        chosen = [f"{d['kind']}/{d['metadata']['name']}" for d in docs if selects(selector, d["metadata"]["labels"])]
+        assert chosen, f"-l {selector} selects nothing"
+        applied += chosen
+    assert sorted(applied) == sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs), "applied twice or never"
+    assert applied[-1] == "RayJob/mvimpute-impute" and "RayService/mvimpute-serve" in applied
+    names = {(d["kind"].lower(), d["metadata"]["name"]) for d in docs}
+    waits = re.findall(r"^.*kubectl -n mvimpute (?:wait|rollout status|port-forward) .*$", guide, re.M)
+    refs = [r for line in waits for r in re.findall(r"\b(\w+)/([a-z][\w-]+)", line)]
+    assert len(refs) == len(waits) >= 9
+    made_by_kuberay = {("service", "mvimpute-serve-serve-svc"): ("rayservice", "mvimpute-serve")}
+    for kind, name in refs:
+        assert made_by_kuberay.get((kind, name), (kind, name)) in names, f"the guide waits on {kind}/{name}"
+    for path in re.findall(r"(?:-f|-k) (k8s/[\w./-]+)", guide):
+        if path != "k8s/secrets.yaml":  # the user's copy of the template
+            assert (ROOT / path).exists(), path
