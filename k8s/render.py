@@ -6,7 +6,8 @@ in the RayService, and every Ray pod must get the same environment; the RayServi
 by hand, these copies drift apart, so this script writes them and the tests check that the
 committed files are what it writes:
 
-    python k8s/render.py            # rewrite k8s/base/ray/*.yaml and k8s/image/requirements*.txt
+    python k8s/render.py            # rewrite k8s/base/ray/*.yaml, the overlays' patch-*.yaml and
+                                    # k8s/image/requirements*.txt
     python k8s/render.py --check    # exit 1, naming the stale files, when they differ
 """
 

@@ -409,6 +409,8 @@ def test_jobs_checkpoint_to_the_bucket(rendered):
     args = shlex.split(one(docs, "RayJob", "mvimpute-impute")["spec"]["entrypoint"])
     for flag in ("--input", "--output"):
         assert args[args.index(flag) + 1].startswith(f"s3://{bucket}/")
+    model_uri = one(docs, "ConfigMap", "mvimpute-env")["data"]["MVIMPUTE_MODEL_URI"]
+    assert args[args.index("--model-uri") + 1] == model_uri == "models:/mvimpute-jpvae@champion"
     mlflow_args = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--artifacts-destination=s3://$(MVIMPUTE_BUCKET)/mlartifacts" in mlflow_args
     assert any(a.startswith("--backend-store-uri=postgresql://") for a in mlflow_args)
