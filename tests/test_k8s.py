@@ -376,6 +376,7 @@ def test_every_ray_pod_reports_to_the_mlflow_server_and_reaches_the_bucket(rende
             for container in template["spec"]["containers"]:
                 env = env_of(container, docs)
                 assert env.get("MLFLOW_TRACKING_URI") == mlflow_url, f"{doc['metadata']['name']} {where}"
+                assert env.get("MVIMPUTE_MODEL_URI") == "models:/mvimpute-jpvae@champion"
                 assert env.get("AWS_ENDPOINT_URL") == service_url(docs, "minio")
                 assert env.get("AWS_ACCESS_KEY_ID", ())[:1] == ("secret",)
                 checked += 1
@@ -465,10 +466,11 @@ def test_rayservice_serve_config_is_serve_config_yaml_and_valid():
     for key, value in source.get("http_options", {}).items():
         if key != "host":
             assert cfg["http_options"][key] == value
-    apps = cfg["applications"]
-    configmap = yaml.safe_load((K8S / "base/config.yaml").read_text())
-    assert [a["args"]["model_uri"] for a in apps] == [configmap["data"]["MVIMPUTE_MODEL_URI"]]
-    assert apps[0]["args"]["model_uri"].endswith("@champion")
+    # the model the endpoint loads: the application's model_uri, else $MVIMPUTE_MODEL_URI, which
+    # every Ray pod gets from the ConfigMap (test_every_ray_pod_reports_to_the_mlflow_server...)
+    configmap = yaml.safe_load((K8S / "base/config.yaml").read_text())["data"]
+    served = [(a.get("args") or {}).get("model_uri") or configmap["MVIMPUTE_MODEL_URI"] for a in cfg["applications"]]
+    assert served == ["models:/mvimpute-jpvae@champion"]
 
 
 def test_rayservice_import_path_builds_a_serve_application():
