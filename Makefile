@@ -27,4 +27,4 @@ bench: venv
 	$(BIN)/python jobs/bench.py
 
 clean:
-	rm -rf $(VENV) mlruns.db mlartifacts .pytest_cache
+	rm -rf $(VENV) mlflow.db mlartifacts ray_results .pytest_cache

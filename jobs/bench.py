@@ -1,4 +1,4 @@
-"""Benchmarks behind the README tables.
+"""Benchmarks behind the tables in docs/ (benchmarks.md, jpvae.md, tae.md).
 
 One machine:
     python jobs/bench.py jpvae-priors --seeds 0 1 2 --epochs 60
@@ -10,15 +10,17 @@ On a Ray cluster (runs on the head node's driver):
 Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
     python jobs/bench.py ray-throughput --n-samples 20000 --epochs 4 --batch-size 64
     python jobs/bench.py ray-memory --sizes 20000 200000 --layouts per_view wide
+Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import torch` for scale):
+    python jobs/bench.py cli-startup --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import benchmarks  # jobs/benchmarks.py: benchmark code stays out of the library (and of logged models)
 import yaml
-
-from mvimpute import benchmarks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--model", default="jpvae")
     m.add_argument("--name", default="ray_memory", help="file name of the JSON/Markdown outputs")
     m.add_argument("--out", default="outputs/bench")
+    c = sub.add_parser("cli-startup", help="wall time of `mvimpute --help` against `import torch`, alternated")
+    c.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
+    if args.bench == "cli-startup":
+        cli_startup(args.repeats)
+        return
     if args.bench == "jpvae-priors":
         if args.threads:
             import torch
@@ -131,6 +138,32 @@ def main(argv: list[str] | None = None) -> None:
             out_dir=args.out,
             name=args.name,
         )
+
+
+def cli_startup(repeats: int = 5) -> None:
+    """Median and range of each command's wall time, the commands alternated `repeats` times."""
+    import shutil
+    import statistics
+    import subprocess
+    import sys
+    import time
+
+    exe = shutil.which("mvimpute") or str(Path(sys.executable).with_name("mvimpute"))
+    commands = {
+        "mvimpute --help": [exe, "--help"],
+        "mvimpute train --help": [exe, "train", "--help"],
+        "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeats):
+        for name, cmd in commands.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t0)
+    print(f"| command | median s | min–max s ({repeats} alternated runs) |")
+    print("|---|---|---|")
+    for name, ts in times.items():
+        print(f"| `{name}` | {statistics.median(ts):.2f} | {min(ts):.2f}–{max(ts):.2f} |")
 
 
 if __name__ == "__main__":

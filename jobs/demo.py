@@ -1,7 +1,7 @@
 """The main job on embedded data: train JPVAE on digits-halves through Ray Train, track the run
 and register the model in MLflow, load it back through `mlflow.pyfunc`, impute one sample.
 
-One machine (local Ray, MLflow in ./mlruns.db + ./mlartifacts):
+One machine (local Ray, MLflow in ./mlflow.db + ./mlartifacts):
     make demo            # or: python jobs/demo.py --epochs 20
 On a Ray cluster with an MLflow server:
     MLFLOW_TRACKING_URI=http://mlflow:5000 ray job submit --working-dir . -- python jobs/demo.py
@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 import mvimpute as mvi
-from mvimpute import tracking
+from mvimpute import console, tracking
 from mvimpute.distributed import train_main
 
 
@@ -23,9 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--num-workers", type=int, default=1)
     args = p.parse_args(argv)
+    console.configure(verbose=False)  # a line per epoch and a summary, as `mvimpute train` prints
 
+    small = ["model_params.prior=orthogonal", "model_params.latent_dim=10", "model_params.hidden=[128,128]"]
     job = train_main(
-        "jobs/train.yaml", [f"train.epochs={args.epochs}"], data="digits-halves", num_workers=args.num_workers
+        None,
+        [*small, "train.batch_size=32", "train.patience=10", f"train.epochs={args.epochs}"],
+        data="digits-halves",
+        num_workers=args.num_workers,
     )
     model = tracking.load_pyfunc(job.model_uri)
 

@@ -50,19 +50,36 @@ def save_checkpoint(
     return path
 
 
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> dict:
+    """The state a checkpoint file (or a directory holding `model.pt`) holds, checked.
+
+    A missing file is a `FileNotFoundError`; an empty, truncated or foreign file a `ValueError` that
+    says so (torch's own message advises `weights_only=False`, wrong for a file that is not a
+    checkpoint at all and unsafe for one from elsewhere)."""
+    path = checkpoint_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no checkpoint at {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{what}: {path} is empty (0 bytes), not an mvimpute checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for damaged files
+        raise ValueError(
+            f"{what}: {path} ({size} bytes) is damaged or not an mvimpute checkpoint (torch.load: {type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{what}: {path} is not an mvimpute checkpoint")
+    if state["version"] > VERSION:
+        raise ValueError(f"{what}: {path} has checkpoint version {state['version']}; this mvimpute reads ≤ {VERSION}")
+    return state
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[ImputationModel, ViewSchema, dict]:
     """Rebuild the model and schema from a checkpoint file (or a directory holding `model.pt`) alone."""
-    path = checkpoint_file(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an mvimpute checkpoint")
-    if state["version"] > VERSION:
-        raise ValueError(f"{path} has checkpoint version {state['version']}; this mvimpute reads ≤ {VERSION}")
+    state = read_checkpoint(path, map_location)
     schema = ViewSchema.from_state(state["schema"])
     model = build_model(state["model"], view_infos(schema), **state["model_config"])
     model.load_state_dict(state["state_dict"])

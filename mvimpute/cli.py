@@ -1,45 +1,51 @@
-"""The `mvimpute` command line: list data sets, fit a model, score it, impute a table, evaluate a grid.
+"""The `mvimpute` command line. One vocabulary for every command:
+
+    --data      an embedded data set (digits-halves, synthetic-omics) or a dataset spec YAML
+    --model     tae | jpvae | mvae | miwae        --param/-p KEY=VALUE   a model option (YAML value)
+    --epochs N  --seed S   --config FILE.yaml   KEY.PATH=VALUE ...      any config key (see --help)
+    --checkpoint FILE      a model saved by `fit` or `train`
+    --verbose              Ray's and MLflow's own logs (default: one line per epoch and a summary)
 
     mvimpute datasets
-    mvimpute fit --dataset digits-halves --model jpvae --epochs 50 --out model.pt --param hidden=[256,256]
-    mvimpute score --model-path model.pt --dataset digits-halves --mechanism view --rate 0.5 --json scores.json
-    mvimpute impute --model-path model.pt --input in.parquet --output out.parquet --id-column sample_id
-    mvimpute train --config jobs/train.yaml --data digits-halves --num-workers 2 train.epochs=20
-    mvimpute evaluate --data digits-halves --label label --models jpvae,tae --tracking-uri sqlite:///mlruns.db
+    mvimpute models
+    mvimpute fit --data digits-halves --model jpvae --epochs 60 --out jpvae.pt -p prior=orthogonal
+    mvimpute score --checkpoint jpvae.pt --data digits-halves --mechanism view --rate 0.5
+    mvimpute impute --checkpoint jpvae.pt --input in.parquet --output out.parquet --id-column sample_id
+    mvimpute train --data digits-halves --num-workers 2 --epochs 20 train.batch_size=128
+    mvimpute evaluate --data digits-halves --label label --models jpvae,tae
 
-`fit` trains on the training part of a seeded split and `score` scores on its test part: keep
-`--test-frac` and `--split-seed` the same for both so that no training sample is scored.
+`fit` trains in-process on the training part of a seeded split and records the split in the
+checkpoint; `score` scores on that split's test part. Heavy modules (torch, Ray, MLflow) load
+inside the commands, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
-import yaml
 
-from . import masking
-from .data import DATASETS, MultiViewData, load_dataset
-from .evaluation import EvaluationInputError, results_table, run_evaluation
-from .imputer import MultiViewImputer
-from .models import MODEL_REGISTRY
-from .scoring import score as score_imputer
+from .names import DATASET_NAMES, MODEL_NAMES
 
 app = typer.Typer(
     name="mvimpute",
-    help="Multi-view imputation with honest uncertainty (TAE, JPVAE).",
+    help="Multi-view imputation with honest uncertainty (TAE, JPVAE, MVAE, MIWAE).",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich panels truncate option names and defaults at 80 columns
+    context_settings={"max_content_width": 80, "help_option_names": ["-h", "--help"]},
 )
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+DATA_HELP = f"Embedded data set ({', '.join(DATASET_NAMES)}) or a dataset spec YAML."
+MODEL_HELP = f"Model: {' | '.join(MODEL_NAMES)}."
 
 
 class Mechanism(str, Enum):
@@ -48,42 +54,110 @@ class Mechanism(str, Enum):
     mar = "mar"
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- shared options
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Config overrides KEY.PATH=VALUE (YAML values); keys below.", show_default=False),
+]
+ConfigOpt = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Job config YAML.")]
+DataOpt = Annotated[str | None, typer.Option("--data", "--dataset", help=DATA_HELP, show_default="digits-halves")]
+ModelOpt = Annotated[str | None, typer.Option(help=MODEL_HELP, show_default="jpvae")]
+EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default="100")]
+SeedOpt = Annotated[int | None, typer.Option(help="Training seed.", show_default="0")]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param", "-p", help="Model option KEY=VALUE, e.g. -p latent_dim=10 (see `models`).", show_default=False
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and MLflow's own logs.")]
+CheckpointOpt = Annotated[
+    Path,
+    typer.Option("--checkpoint", "--model-path", exists=True, help="A checkpoint from `fit` or `train`."),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...", show_default="auto")]
 
 
-def parse_params(raw: list[str] | None, reserved: dict[str, str] | None = None) -> dict:
-    """`key=value` pairs; values are YAML scalars or flow lists (`hidden=[64,64]`, `alpha=0.9`)."""
-    reserved = reserved or {}
-    params: dict = {}
-    for item in raw or []:
+def _epilog() -> str:
+    from .config import config_help
+
+    # click rewraps epilog paragraphs; \b keeps this block's lines as they are
+    return "Config keys and their defaults:\n\n\b\n" + config_help(76)
+
+
+def _job_items(
+    overrides: list[str] | None,
+    *,
+    data: str | None = None,
+    model: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    params: list[str] | None = None,
+    extra: dict | None = None,
+) -> list[str]:
+    """Flags and `-p` model options as `key.path=value` overrides, after the positional ones."""
+    import yaml
+
+    items = list(overrides or [])
+    flags = {"data": data, "model": model, "train.epochs": epochs, "train.seed": seed, **(extra or {})}
+    from .config import TrainConfig
+
+    train_keys = {f.name for f in fields(TrainConfig)} - {"progress"}
+    own = {"epochs": "--epochs", "seed": "--seed", "device": "--device"}
+    for item in params or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--param")
-        if key in params:
-            raise typer.BadParameter(f"{key!r} is given twice", param_hint="--param")
-        if key in reserved:
-            raise typer.BadParameter(f"{key!r} has its own option: use {reserved[key]}", param_hint="--param")
-        try:
-            params[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as err:
-            raise typer.BadParameter(f"{key!r}: cannot parse {value!r} ({err})", param_hint="--param") from None
-    return params
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        if key in own:
+            raise typer.BadParameter(f"{key!r} has its own option: use {own[key]}", param_hint="--param")
+        section = "train" if key in train_keys else "model_params"  # as MultiViewImputer(**params) splits them
+        items.append(f"{section}.{key}={value}")
+    for key, value in flags.items():
+        if value is not None:
+            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            items.append(f"{key}={text}")
+    return items
 
 
-def get_dataset(name: str) -> MultiViewData:
-    if name not in DATASETS:
+def _load_job(config: Path | None, items: list[str]):
+    from .config import load_job_config
+
+    try:
+        return load_job_config(config, items)
+    except ValueError as err:
+        raise typer.BadParameter(str(err).removeprefix("config: "), param_hint="--param or config") from None
+
+
+def load_data(name_or_spec: str):
+    """An embedded data set by name, or the data a spec YAML describes (read with Ray Data), in memory."""
+    from .data import load_dataset
+
+    if name_or_spec in DATASET_NAMES:
+        return load_dataset(name_or_spec)
+    if not name_or_spec.endswith((".yaml", ".yml")):
         raise typer.BadParameter(
-            f"unknown dataset {name!r}; embedded data sets are {list(DATASETS)}", param_hint="--dataset"
+            f"unknown data set {name_or_spec!r}: give one of {list(DATASET_NAMES)} or a dataset spec YAML",
+            param_hint="--data",
         )
-    return load_dataset(name)
+    from .data.ray_data import read_spec
+    from .data.spec import validate_spec
+
+    try:
+        validate_spec(name_or_spec)
+        return read_spec(name_or_spec).to_multiview()
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--data") from None
 
 
-def load_imputer(path: Path, device: str) -> MultiViewImputer:
+def load_imputer(path: Path, device: str = "cpu"):
+    from .imputer import MultiViewImputer
+
     try:
         return MultiViewImputer.load(path, device=device)
-    except Exception as err:  # a file that is not a checkpoint fails in torch.load in many ways
-        raise typer.BadParameter(f"cannot load a model from {str(path)!r}: {err}", param_hint="--model-path") from None
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise typer.BadParameter(str(err), param_hint="--checkpoint") from None
 
 
 def table_format(path: Path, option: str) -> str:
@@ -93,6 +167,21 @@ def table_format(path: Path, option: str) -> str:
             f"{str(path)!r}: use a file ending in one of {sorted(TABLE_SUFFIXES)}", param_hint=option
         )
     return fmt
+
+
+def read_table(path: Path, option: str = "--input"):
+    """A CSV or Parquet table. A CSV written with its pandas index (a first column named `Unnamed: 0`,
+    or an empty header) gets that column back as the index."""
+    import pandas as pd
+
+    fmt = table_format(path, option)
+    try:
+        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    except Exception as err:
+        raise typer.BadParameter(f"cannot read {str(path)!r}: {err}", param_hint=option) from None
+    if fmt == "csv" and len(frame.columns) and str(frame.columns[0]).startswith("Unnamed: 0"):
+        frame = frame.set_index(frame.columns[0]).rename_axis(None)
+    return frame
 
 
 def atomic_write(path: Path, write) -> None:
@@ -138,7 +227,9 @@ def metrics_table(metrics: dict[str, float], views: list[str]) -> str:
 @app.command()
 def datasets() -> None:
     """List the embedded data sets with their views, widths and likelihoods."""
-    for name in DATASETS:
+    from .data import load_dataset
+
+    for name in DATASET_NAMES:
         data = load_dataset(name)
         typer.echo(f"{name}  ({data.n_samples} samples)")
         width = max(len(v) for v in data.view_names)
@@ -147,66 +238,122 @@ def datasets() -> None:
 
 
 @app.command()
+def models() -> None:
+    """List the models with their options (-p KEY=VALUE, model_params.KEY) and defaults."""
+    from dataclasses import MISSING, fields
+
+    from .models import MODEL_REGISTRY
+
+    for name in MODEL_NAMES:
+        cls = MODEL_REGISTRY[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        typer.echo(f"{name}  {doc}")
+        for f in fields(cls.config_class):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            typer.echo(f"  {f.name}={default}")
+
+
+@app.command(epilog=_epilog())
 def fit(
-    dataset: Annotated[str, typer.Option(help=f"An embedded data set: {', '.join(DATASETS)}.")],
-    out: Annotated[Path, typer.Option(help="Where to write the checkpoint (.pt).", dir_okay=False)],
-    model: Annotated[str, typer.Option(help=f"One of {', '.join(sorted(MODEL_REGISTRY))}.")] = "jpvae",
-    epochs: Annotated[int, typer.Option(min=1)] = 100,
-    param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Model or training parameter key=value (YAML value).")
-    ] = None,
+    overrides: Overrides = None,
+    out: Annotated[Path, typer.Option(help="Where to write the checkpoint (.pt).", dir_okay=False)] = Path("model.pt"),
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = None,
+    param: ParamOpt = None,
     test_frac: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share held out for `score` (0: none).")] = 0.2,
-    split_seed: Annotated[int, typer.Option(help="Seed of the train/test split (use the same in `score`).")] = 0,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    device: DeviceOpt = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="A progress bar.", show_default="on a terminal")
+    ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Train a model on the training split of a data set and save it."""
-    if model not in MODEL_REGISTRY:
-        raise typer.BadParameter(
-            f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}", param_hint="--model"
-        )
-    params = parse_params(
-        param, {"epochs": "--epochs", "seed": "--seed", "device": "--device", "progress": "--progress"}
-    )
-    data = get_dataset(dataset)
-    train = data.split(test_frac, split_seed)[0] if test_frac > 0 else data
+    """Train a model in-process (no Ray) on the training split and save it.
+
+    Prints one line per epoch (a progress bar on a terminal) and a summary."""
+    from . import console
+
+    console.configure(verbose)
+    job = _load_job(config, _job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param))
+    frame = load_data(job.data)
+    train_part = frame.split(test_frac, split_seed)[0] if test_frac > 0 else frame
+    show_bar = console.is_tty() if progress is None else progress
+    from .imputer import MultiViewImputer
+
     try:
-        imp = MultiViewImputer(model, epochs=epochs, seed=seed, device=device, progress=progress, **params)
+        imp = MultiViewImputer(
+            job.model,
+            likelihoods=job.likelihoods or None,
+            scalings=job.scalings or None,
+            **job.model_params,
+            **{**job.train, "progress": show_bar, **({"device": device} if device else {})},
+        )
     except (ValueError, TypeError) as err:
         raise typer.BadParameter(str(err), param_hint="--param") from None
-    imp.fit(train)
-    best = next((h for h in imp.history_ if h.get("epoch") == getattr(imp, "best_epoch_", None)), None)
-    key = "val_rmse" if best is not None and "val_rmse" in best else "train_loss"
-    best_score = math.nan if best is None else best.get(key, math.nan)
-    typer.echo(
-        f"fitted {model} on {train.n_samples} samples of {dataset} in {imp.fit_seconds_:.2f} s "
-        f"({len(imp.history_)} epochs)"
-    )
-    typer.echo(f"best validation score: {key} = {best_score:.4g} at epoch {imp.best_epoch_}")
+    from .distributed import epoch_line
+
+    def on_epoch(epoch: int, metrics: dict, improved: bool) -> None:
+        if not show_bar:
+            console.echo(epoch_line(metrics, imp.train_config.epochs, improved))
+
+    try:
+        imp.fit(train_part, on_epoch=on_epoch)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--data") from None
+    imp.provenance_ = {"data": job.data, "test_frac": test_frac, "split_seed": split_seed}
+    best = next((h for h in imp.history_ if h.get("epoch") == imp.best_epoch_), {})
+    key = next((k for k in ("val_crps", "val_rmse", "train_loss") if k in best), None)
+    score_text = f"{key} {best[key]:.4g}" if key else "no score"
     path = imp.save(out)
-    typer.echo(f"saved {path}")
+    typer.echo(
+        f"fitted {job.model} on {train_part.n_samples} samples of {job.data} in {imp.fit_seconds_:.1f} s; "
+        f"best epoch {imp.best_epoch_} of {len(imp.history_)} ({score_text}); saved {path}"
+    )
 
 
 @app.command()
 def score(
-    model_path: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="A checkpoint from `fit`.")],
-    dataset: Annotated[str, typer.Option(help=f"An embedded data set: {', '.join(DATASETS)}.")],
-    mechanism: Annotated[
-        Mechanism, typer.Option(help="Hide whole views, MCAR entries or MAR entries.")
-    ] = Mechanism.view,
+    checkpoint: CheckpointOpt,
+    data: DataOpt = None,
+    mechanism: Annotated[Mechanism, typer.Option(help="Hide whole views, MCAR or MAR entries.")] = Mechanism.view,
     rate: Annotated[float, typer.Option(help="Share to hide, in [0, 1).")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the masking.")] = 0,
-    test_frac: Annotated[float, typer.Option(min=0.0, max=0.95, help="As in `fit` (0: score on all samples).")] = 0.2,
-    split_seed: Annotated[int, typer.Option(help="As in `fit`.")] = 0,
-    n_samples: Annotated[int, typer.Option(min=0, help="Draws for intervals and CRPS (0: point metrics only).")] = 100,
+    test_frac: Annotated[
+        float | None, typer.Option(min=0.0, max=0.95, help="Test share (0: all samples).", show_default="as in fit")
+    ] = None,
+    split_seed: Annotated[int | None, typer.Option(help="Seed of the split.", show_default="as in fit")] = None,
+    n_samples: Annotated[int, typer.Option(min=0, help="Draws for intervals and CRPS (0: point metrics).")] = 100,
     json_out: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="Also write the scores here.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    device: DeviceOpt = None,
 ) -> None:
-    """Hide entries of the test split, impute them, and score against the truth."""
-    data = get_dataset(dataset)
-    imp = load_imputer(model_path, device)
-    test = data.split(test_frac, split_seed)[1] if test_frac > 0 else data
+    """Hide entries of the test split, impute them, and score against the truth.
+
+    The split is the one `fit` recorded in the checkpoint; a different --test-frac or --split-seed
+    on the same data is refused (it would score training samples)."""
+    from . import masking
+    from .scoring import score as score_imputer
+
+    imp = load_imputer(checkpoint, device or "auto")
+    recorded = getattr(imp, "provenance_", None) or {}
+    data = data or recorded.get("data") or "digits-halves"
+    same_data = recorded.get("data") == data
+    for name, given, key, _default in (
+        ("--test-frac", test_frac, "test_frac", 0.2),
+        ("--split-seed", split_seed, "split_seed", 0),
+    ):
+        if same_data and key in recorded and given is not None and given != recorded[key]:
+            raise typer.BadParameter(
+                f"{checkpoint} was fitted on {data} with {name} {recorded[key]}; {name} {given} would score "
+                "training samples: leave it out (the recorded split is used) or refit",
+                param_hint=name,
+            )
+    test_frac = test_frac if test_frac is not None else recorded.get("test_frac", 0.2) if same_data else 0.2
+    split_seed = split_seed if split_seed is not None else recorded.get("split_seed", 0) if same_data else 0
+    frame = load_data(data)
+    test = frame.split(test_frac, split_seed)[1] if test_frac > 0 else frame
     hide = {Mechanism.view: masking.drop_views, Mechanism.mcar: masking.mcar, Mechanism.mar: masking.mar}
     try:
         corrupted = hide[mechanism](test, rate, seed=seed)
@@ -215,19 +362,17 @@ def score(
     try:
         metrics = score_imputer(imp, corrupted.truth, corrupted.data, n_samples=n_samples)
     except ValueError as err:
-        raise typer.BadParameter(
-            f"cannot score {str(model_path)!r} on {dataset!r}: {err}", param_hint="--dataset"
-        ) from None
+        raise typer.BadParameter(f"cannot score {str(checkpoint)!r} on {data!r}: {err}", param_hint="--data") from None
     typer.echo(
-        f"{imp.model_name} on {dataset}: {test.n_samples} test samples, mechanism {mechanism.value}, "
-        f"rate {rate}, {int(metrics['n_hidden'])} hidden entries"
+        f"{imp.model_name} on {data}: {test.n_samples} test samples (test share {test_frac}, split seed {split_seed}), "
+        f"mechanism {mechanism.value}, rate {rate}, {int(metrics['n_hidden'])} hidden entries"
     )
     typer.echo(metrics_table(metrics, test.view_names))
     if json_out is not None:
         report = {
-            "model_path": str(model_path),
+            "checkpoint": str(checkpoint),
             "model": imp.model_name,
-            "dataset": dataset,
+            "data": data,
             "mechanism": mechanism.value,
             "rate": rate,
             "seed": seed,
@@ -242,27 +387,21 @@ def score(
 
 @app.command()
 def impute(
-    model_path: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="A checkpoint from `fit`.")],
+    checkpoint: CheckpointOpt,
     input_path: Annotated[
         Path,
-        typer.Option(
-            "--input",
-            exists=True,
-            dir_okay=False,
-            help="Wide table (.csv/.parquet), columns `view:feature`, empty = missing.",
-        ),
+        typer.Option("--input", exists=True, dir_okay=False, help="Wide table (.csv/.parquet), columns view:feature."),
     ],
     output: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the imputed table (.csv/.parquet).")],
     id_column: Annotated[str | None, typer.Option(help="A column of sample ids to carry through.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    device: DeviceOpt = None,
 ) -> None:
-    """Fill the missing entries of a wide table; observed values and row order are kept."""
-    in_fmt, out_fmt = table_format(input_path, "--input"), table_format(output, "--output")
-    imp = load_imputer(model_path, device)
-    try:
-        frame = pd.read_csv(input_path) if in_fmt == "csv" else pd.read_parquet(input_path)
-    except Exception as err:
-        raise typer.BadParameter(f"cannot read {str(input_path)!r}: {err}", param_hint="--input") from None
+    """Fill the missing entries of a wide table; observed values, row order and the index are kept."""
+    import pandas as pd
+
+    out_fmt = table_format(output, "--output")
+    imp = load_imputer(checkpoint, device or "auto")
+    frame = read_table(input_path)
     ids, id_pos = None, None
     if id_column is not None:
         if id_column not in frame.columns:
@@ -270,58 +409,90 @@ def impute(
         id_pos = frame.columns.get_loc(id_column)
         ids = frame[id_column]
         frame = frame.drop(columns=[id_column])
-    frame = frame.reset_index(drop=True)
     try:
         filled = imp.transform(frame)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--input") from None
     extra = [c for c in filled.columns if c not in frame.columns]
-    result = filled[[*frame.columns, *extra]].reset_index(drop=True)
+    result = filled[[*frame.columns, *extra]]
+    result.index = frame.index
     if ids is not None:
         result.insert(id_pos, id_column, ids.to_numpy())
     n_missing = int(frame.isna().to_numpy().sum()) + len(extra) * len(frame)
+    keep_index = not frame.index.equals(pd.RangeIndex(len(frame)))  # an index read back from the input stays
 
     def write(tmp: Path) -> None:
         if out_fmt == "csv":
-            result.to_csv(tmp, index=False)
+            result.to_csv(tmp, index=keep_index)
         else:
-            result.to_parquet(tmp, index=False)
+            result.to_parquet(tmp, index=keep_index)
 
     atomic_write(output, write)
     typer.echo(f"imputed {n_missing} missing entries in {len(result)} rows → {output}")
 
 
-@app.command()
+@app.command(epilog=_epilog())
 def train(
-    overrides: Annotated[
-        list[str] | None, typer.Argument(help="Config overrides, key.path=value (YAML values).")
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = None,
+    param: ParamOpt = None,
+    num_workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers (DDP).", show_default="1")] = None,
+    use_gpu: Annotated[
+        bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.", show_default=False)
     ] = None,
-    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Job config YAML.")] = None,
-    data: Annotated[str | None, typer.Option(help="A dataset spec YAML or an embedded data set name.")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="Ray Train workers (DDP).")] = None,
-    use_gpu: Annotated[bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.")] = None,
-    run_name: Annotated[str | None, typer.Option(help="Ray Train run name; a stopped run's name resumes it.")] = None,
-    resume_from: Annotated[str | None, typer.Option(help="A checkpoint (file or directory) to continue from.")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
-    registered_model_name: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Run name; a stopped run's name resumes it.")] = None,
+    resume_from: Annotated[str | None, typer.Option(help="A checkpoint (file or folder) to continue from.")] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI.", show_default="$MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
+    ] = None,
+    registered_model_name: Annotated[
+        str | None, typer.Option(help="Registered model name.", show_default="mvimpute-MODEL")
+    ] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Train without MLflow.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Train on a Ray cluster (or local Ray) with Ray Train; track the run and register the model in MLflow."""
-    from .distributed import train_main
+    """Train with Ray Train (local Ray, or the cluster at RAY_ADDRESS); track the run and register
+    the model in MLflow under the alias `champion`.
+
+    Prints one line per epoch and a summary: best epoch and score, MLflow run id, model URI.
+    Ctrl-C stops the run and keeps its checkpoints: rerun with the same --run-name to resume."""
+    from . import console
+
+    console.configure(verbose)
+    extra = {
+        "cluster.num_workers": num_workers,
+        "cluster.use_gpu": use_gpu,
+        "run_name": run_name,
+        "resume_from": resume_from,
+        "mlflow.tracking_uri": tracking_uri,
+        "mlflow.registered_model_name": registered_model_name,
+        "mlflow.enabled": False if no_tracking else None,
+    }
+    items = _job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
+    job = _load_job(config, items)
+    if print_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False).rstrip())
+        return
+    from .distributed import ResourceRequestError, RunInterrupted, train_main
 
     try:
-        train_main(
-            config,
-            overrides or (),
-            data=data,
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            run_name=run_name,
-            resume_from=resume_from,
-            tracking_uri=tracking_uri,
-            registered_model_name=registered_model_name,
-        )
+        train_main(job.model_dump(mode="json"), echo=True)
+    except ResourceRequestError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except RunInterrupted as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(130) from None
     except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+        raise typer.BadParameter(str(err), param_hint="config") from None
 
 
 def split_items(values: list[str] | None, default: list, option: str, cast=str) -> list:
@@ -342,47 +513,46 @@ def split_items(values: list[str] | None, default: list, option: str, cast=str) 
 
 @app.command()
 def evaluate(
-    data: Annotated[
-        str, typer.Option(help=f"An embedded data set ({', '.join(DATASETS)}) or a dataset spec YAML.")
-    ] = "synthetic-omics",
+    data: Annotated[str, typer.Option("--data", "--dataset", help=DATA_HELP)] = "synthetic-omics",
     models: Annotated[
         list[str] | None,
         typer.Option(
-            "--models",
-            "--model",
-            help=f"Models ({', '.join(sorted(MODEL_REGISTRY))}); comma-separated or repeated; '' for none.",
-            show_default="jpvae,tae",
+            "--models", "--model", help="Models, comma-separated or repeated; '' for none.", show_default="jpvae,tae"
         ),
     ] = None,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="MODEL.key=value (YAML value), e.g. tae.C=15.")
+        list[str] | None, typer.Option("--param", "-p", help="MODEL.KEY=VALUE, e.g. -p tae.C=15.", show_default=False)
     ] = None,
     baselines: Annotated[
         list[str] | None,
-        typer.Option(
-            help="Classic imputers; comma-separated or repeated; '' for none.",
-            show_default="column-mean,knn,mice,missforest",
-        ),
+        typer.Option(help="Classic imputers; '' for none.", show_default="column-mean,knn,mice,missforest"),
     ] = None,
     mechanisms: Annotated[
         list[str] | None, typer.Option("--mechanisms", "--mechanism", help="mcar, view, mar.", show_default="mcar,view")
     ] = None,
     rates: Annotated[list[str] | None, typer.Option(help="Shares to hide.", show_default="0.2,0.5")] = None,
     seeds: Annotated[list[str] | None, typer.Option(help="Seeds of split and masks.", show_default="0,1,2")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of every model (a --param can override).")] = 100,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of every model.")] = 100,
     n_samples: Annotated[int, typer.Option(min=1, help="Posterior draws for intervals and CRPS.")] = 100,
     label: Annotated[str | None, typer.Option(help="Obs column for downstream accuracy (digits: label).")] = None,
     out: Annotated[Path, typer.Option(file_okay=False, help="Output folder.")] = Path("outputs/evaluate"),
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (else MLFLOW_TRACKING_URI).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI.", show_default="$MLFLOW_TRACKING_URI")
+    ] = None,
     mlflow: Annotated[
         bool | None,
-        typer.Option("--mlflow/--no-mlflow", help="Log one MLflow run.", show_default="when a tracking URI is set"),
+        typer.Option("--mlflow/--no-mlflow", help="Log one MLflow run.", show_default="with a tracking URI"),
     ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="One line per fitted cell.")] = True,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Mask-and-score grid: generative models against classic imputers on the same masks.
 
     Writes results.json, results.md, score_vs_rate.png and calibration.png under --out."""
+    from . import console
+    from .evaluation import EvaluationInputError, results_table, run_evaluation
+
+    console.configure(verbose)
     try:
         result = run_evaluation(
             data,
@@ -406,6 +576,16 @@ def evaluate(
     typer.echo(f"{len(result.rows)} fits in {result.wall_seconds:.1f} s; wrote {result.out_dir}/")
     if result.run_id is not None:
         typer.echo(f"MLflow run {result.run_id} at {result.tracking_uri}")
+
+
+def command(name: str):
+    """One command as a click command (its options, help and checks are the `mvimpute <name>` ones)."""
+    return typer.main.get_command(app).commands[name]
+
+
+def run_command(name: str, prog_name: str) -> None:
+    """Run one command as a program: the `jobs/*.py` wrappers (`python jobs/train.py --help`)."""
+    command(name).main(prog_name=prog_name, **app.info.context_settings)
 
 
 def main() -> None:  # pragma: no cover

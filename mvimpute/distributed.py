@@ -18,29 +18,30 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .batch import MultiViewBatch
-from .checkpoint import CHECKPOINT_FILE, checkpoint_dict, checkpoint_file, view_infos
+from .checkpoint import CHECKPOINT_FILE, checkpoint_dict, checkpoint_file, read_checkpoint, view_infos
+from .config import DEFAULT_STORAGE, TrainConfig, TrainJobConfig, load_job_config
+from .config import train_config as _train_config
 from .data.datasets import DATASETS
 from .data.multiview import MultiViewData, ViewSchema
 from .data.ray_data import RayMultiView, batch_from_tensors, read_dataset
 from .data.spec import DatasetSpec, validate_spec
 from .models import MODEL_REGISTRY, build_model
 from .models.base import LIKELIHOODS, config_from_kwargs
-from .training import TrainConfig, TrainingLoop, ValidationSet, shuffled_chunk_batches
+from .training import TrainingLoop, ValidationSet, shuffled_chunk_batches
 
 FAULT_ENV = "MVIMPUTE_FAULT_INJECT"  # "epoch:rank:marker-file" — a test hook: that worker fails once, after that epoch
-DEFAULT_STORAGE = "ray_results"
 VAL_SEED_OFFSET = 7  # as in MultiViewImputer.fit
 SHUFFLE_CHUNK_ROWS = 4096  # rows a worker takes from Ray Data at once and shuffles into mini-batches
 
@@ -120,8 +121,8 @@ def build_validation_set(val: RayMultiView, schema: ViewSchema, config: TrainCon
     )
 
 
-def _load_state(path: str | Path) -> dict:
-    return torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)
+def _load_state(path: str | Path, what: str = "checkpoint") -> dict:
+    return read_checkpoint(path, "cpu", what=what)
 
 
 def _train_worker(config: dict) -> None:
@@ -197,15 +198,11 @@ def _train_worker(config: dict) -> None:
         if rank == 0 and tracking:
             from .tracking import log_epoch_metrics
 
-            log_epoch_metrics(tracking, metrics, step=epoch)
+            log_epoch_metrics(tracking, metrics, step=epoch + 1)
         report(metrics, save=(epoch + 1) % every == 0 or epoch + 1 == cfg.epochs)
-        if rank == 0:
-            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "val_rmse") if k in metrics)
-            secs = metrics.get("epoch_seconds", float("nan"))
-            line = f"epoch {epoch + 1}/{cfg.epochs} {shown} ({secs:.1f} s){' *' if improved else ''}"
-            # the worker's raw stdout: Ray Train tees `sys.stdout` into its own log, which reached the driver twice
-            print(line, file=sys.__stdout__, flush=True)
-        if fault and rank == fault["rank"] and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
+        if rank == 0 and config.get("lines") is not None:
+            config["lines"].put_nowait(epoch_line(metrics, cfg.epochs, improved))
+        if fault and rank == fault["rank"] and epoch + 1 == fault["epoch"] and not os.path.exists(fault["marker"]):
             Path(fault["marker"]).write_text(f"failed after epoch {epoch}\n")
             raise RuntimeError(f"injected failure on worker {rank} after epoch {epoch} ({FAULT_ENV})")
 
@@ -218,11 +215,171 @@ def _train_worker(config: dict) -> None:
             lambda: (batch_from_tensors(b, views) for b in full.iter_torch_batches(batch_size=4096, device=device))
         )
     best = loop.result
-    summary = {"epoch": loop.epoch - 1, "final": 1.0, "best_epoch": best.best_epoch, "best_score": best.best_score}
+    summary = {"epoch": loop.epoch, "final": 1.0, "best_epoch": best.best_epoch, "best_score": best.best_score}
     report(summary, save=True, final=True)
 
 
 # ----------------------------------------------------------------------------- driver side
+
+
+class ResourceRequestError(ValueError):
+    """A Ray Train request the cluster cannot meet (more workers than CPUs, GPUs where there are none)."""
+
+
+def plan_worker_resources(
+    num_workers: int,
+    use_gpu: bool = False,
+    resources_per_worker: Mapping[str, float] | None = None,
+    cluster: Mapping[str, float] | None = None,
+    wait_for_resources: bool = False,
+) -> dict[str, float]:
+    """Resources for each Ray Train worker that leave room for Ray Data's tasks, checked against `cluster`
+    (`ray.cluster_resources()`) so that a request the cluster cannot meet fails now, naming it.
+
+    Ray Train reserves its workers' resources for the whole run and Ray Data schedules its read and
+    transform tasks (1 CPU each) in what is left: on 2 CPUs, two 1-CPU workers leave none and the
+    run waits for ever. By default each worker gets `min(1, (CPUs - 1) / num_workers)` CPUs (one CPU
+    kept for Ray Data; fractional CPUs when the cluster is small) and one GPU with `use_gpu`.
+    An explicit `resources_per_worker` is used as given but must leave one CPU free as well.
+    `wait_for_resources` (autoscaling clusters, whose nodes appear on demand) skips the checks.
+    """
+    cluster = dict(cluster or {})
+    total_cpu = float(cluster.get("CPU", 0.0))
+    total_gpu = float(cluster.get("GPU", 0.0))
+    if resources_per_worker:
+        res = {k: float(v) for k, v in resources_per_worker.items()}
+        if use_gpu:
+            res.setdefault("GPU", 1.0)
+    else:
+        cpu = 1.0 if wait_for_resources else min(1.0, max(total_cpu - 1.0, 0.0) / num_workers)
+        res = {"CPU": round(cpu, 4)}
+        if use_gpu:
+            res["GPU"] = 1.0
+    if wait_for_resources:
+        return res
+    have = f"the cluster has {total_cpu:g} CPU(s) and {total_gpu:g} GPU(s)"
+    if use_gpu and total_gpu < num_workers * res.get("GPU", 1.0):
+        raise ResourceRequestError(
+            f"asked for {num_workers} worker(s) with {res.get('GPU', 1.0):g} GPU each (--use-gpu), but {have}; "
+            "train on CPUs (--no-gpu) or, on an autoscaling cluster, set cluster.wait_for_resources=true"
+        )
+    if num_workers > total_cpu or total_cpu < 2.0:
+        raise ResourceRequestError(
+            f"asked for {num_workers} worker(s), but {have}: each worker needs a share of a CPU and Ray Data "
+            f"one CPU for its tasks; use --num-workers {max(int(total_cpu) - 1, 1)} or fewer on a cluster of at "
+            "least 2 CPUs (cluster.wait_for_resources=true where it autoscales)"
+        )
+    need = num_workers * res.get("CPU", 0.0)
+    if total_cpu - need < 1.0 - 1e-9:
+        raise ResourceRequestError(
+            f"asked for {num_workers} worker(s) × {res} = {need:g} CPU(s), but {have}: that leaves "
+            f"{max(total_cpu - need, 0):g} CPU for Ray Data's tasks (they need 1) and the run would wait for ever; "
+            "lower cluster.resources_per_worker.CPU or --num-workers"
+        )
+    return res
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; its checkpoints stay where they were written."""
+
+    def __init__(self, run_name: str, storage_path: str) -> None:
+        super().__init__(run_name, storage_path)
+        self.run_name, self.storage_path = run_name, storage_path
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_name!r} stopped by Ctrl-C; its last checkpoint is under "
+            f"{self.storage_path}/{self.run_name}: resume with --run-name {self.run_name}"
+        )
+
+
+_SIGINT = threading.Event()
+
+
+def _sigint_seen() -> bool:
+    return _SIGINT.is_set()
+
+
+def _trainer_class():
+    """`TorchTrainer` whose Ctrl-C handler keeps Ray's graceful abort (workers stopped, checkpoints
+    kept) and then raises `KeyboardInterrupt` in the driver: Ray's own handler ends the process with
+    `sys.exit(0)`, which reads as a finished run."""
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _register_sigint_handler(self, controller) -> None:  # Ray Train V2's hook, run in fit()
+            super()._register_sigint_handler(controller)
+            ray_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                _SIGINT.set()
+                try:
+                    if callable(ray_handler):
+                        ray_handler(signum, frame)
+                except SystemExit:
+                    pass
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, handler)
+
+    return Trainer
+
+
+def epoch_line(metrics: Mapping, epochs: int, improved: bool) -> str:
+    """`epoch 3/30 train_loss=41.2 val_rmse=0.27 (1.0 s) *` — epochs numbered from 1, `*` marks the best so far."""
+    shown = " ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "val_rmse", "val_crps") if k in metrics)
+    secs = metrics.get("epoch_seconds", float("nan"))
+    return f"epoch {int(metrics['epoch'])}/{epochs} {shown} ({secs:.1f} s){' *' if improved else ''}"
+
+
+class _EpochLines:
+    """A Ray queue that rank 0 puts its epoch lines on and a driver thread that prints them.
+
+    Written here because Ray Train V2 has no driver-side hook per report (its `UserCallback`s run in
+    the controller actor, whose output reaches the driver only with every worker's log lines)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.queue = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _EpochLines:
+        if self.enabled:
+            from ray.util.queue import Queue
+
+            self.queue = Queue(actor_options={"num_cpus": 0})
+            self._thread = threading.Thread(target=self._pump, daemon=True)
+            self._thread.start()
+        return self
+
+    def _drain(self, timeout: float | None) -> None:
+        import ray
+        from ray.util.queue import Empty
+
+        items = []
+        try:
+            if timeout:
+                items.append(self.queue.get(timeout=timeout))
+            items.extend(self.queue.get_nowait_batch(self.queue.qsize()))
+        except (Empty, ray.exceptions.RayError):  # nothing yet, or the queue's actor is gone
+            pass
+        for line in items:
+            print(line, flush=True)
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            self._drain(timeout=0.5)
+
+    def __exit__(self, *exc) -> None:
+        if self.queue is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if exc[0] is None:
+            self._drain(timeout=None)
+        self.queue.shutdown()
 
 
 def _fault_from_env() -> dict | None:
@@ -234,18 +391,6 @@ def _fault_from_env() -> dict | None:
         return {"epoch": int(epoch), "rank": int(rank), "marker": marker}
     except ValueError:
         raise ValueError(f"{FAULT_ENV} must read 'epoch:rank:marker-file', got {raw!r}") from None
-
-
-def _train_config(train_config: TrainConfig | Mapping | None) -> TrainConfig:
-    if train_config is None:
-        return TrainConfig(progress=False)
-    if isinstance(train_config, TrainConfig):
-        return train_config
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(train_config) - known)
-    if unknown:
-        raise ValueError(f"train config has no field(s) {unknown}; it takes {sorted(known)}")
-    return TrainConfig(**dict(train_config))
 
 
 def train_distributed(
@@ -267,6 +412,8 @@ def train_distributed(
     tracking: Mapping | None = None,
     num_partitions: int | None = None,
     preview_rows: int = 8,
+    wait_for_resources: bool = False,
+    echo: bool = False,
 ) -> DistributedResult:
     """Train `model` on `data` with Ray Train (DDP over `num_workers` workers).
 
@@ -276,12 +423,16 @@ def train_distributed(
     run resumes it from its last checkpoint. `resume_from` (a checkpoint file or directory, e.g.
     from another run) starts from that checkpoint's weights, optimiser state and epoch, with its
     schema. `tracking` (`{"tracking_uri", "run_id"}`) makes rank 0 log per-epoch metrics to MLflow.
+    Worker resources come from `plan_worker_resources` (room left for Ray Data; a request the
+    cluster cannot meet is a `ResourceRequestError` before any worker starts). `echo` prints one
+    line per epoch on the driver (rank 0 sends it through a Ray queue, so workers' own output
+    need not reach the driver). Ctrl-C aborts the run; its last checkpoint stays in the run's
+    folder, and running again with the same `run_name` resumes it.
     Bad input (spec, model name or parameters, config fields) is a `ValueError` raised before any
     worker starts.
     """
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     if model not in MODEL_REGISTRY:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
@@ -297,7 +448,7 @@ def train_distributed(
     if resume_from is not None:
         if not checkpoint_file(resume_from).is_file():
             raise ValueError(f"resume_from: no checkpoint at {str(resume_from)!r}")
-        resume_state = _load_state(resume_from)
+        resume_state = _load_state(resume_from, what="resume_from")
         if resume_state.get("model") != model:
             raise ValueError(f"resume_from holds a {resume_state.get('model')!r} model, not {model!r}")
         model_params = dict(resume_state["model_config"])
@@ -305,7 +456,12 @@ def train_distributed(
     if isinstance(data, str | Path | Mapping | DatasetSpec) and not (isinstance(data, str) and data in DATASETS):
         validate_spec(data)  # a bad spec is a ValueError before Ray starts
     if not ray.is_initialized():
-        ray.init()
+        from .console import ray_init_kwargs
+
+        ray.init(**ray_init_kwargs())
+    worker_resources = plan_worker_resources(
+        num_workers, use_gpu, resources_per_worker, ray.cluster_resources(), wait_for_resources
+    )
     rmv = read_dataset(data, num_partitions=num_partitions)
     for name, given in (("likelihoods", likelihoods), ("scalings", scalings)):
         unknown = sorted(set(given or {}) - set(rmv.columns))
@@ -356,16 +512,17 @@ def train_distributed(
         "tracking": dict(tracking) if tracking else None,
         "fault": fault,
         "run_name": run_name,
+        "lines": None,
         "imputer": {"likelihoods": dict(rmv.likelihoods), "scalings": dict(rmv.scalings)},
         "data_source": json.loads(json.dumps(rmv.source, default=str)),
     }
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         _train_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers,
             use_gpu=use_gpu,
-            resources_per_worker=dict(resources_per_worker) if resources_per_worker else None,
+            resources_per_worker=worker_resources,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -377,7 +534,16 @@ def train_distributed(
         # one worker reads the whole training set: no split, so no SplitCoordinator actor between it and the data
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if num_workers > 1 else []),
     )
-    result = trainer.fit()
+    with _EpochLines(echo) as lines:
+        loop_config["lines"] = lines.queue
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_name, storage) from None
+        except ray.exceptions.RayActorError as err:  # Ray Train's own Ctrl-C handler kills the controller
+            if _sigint_seen():
+                raise RunInterrupted(run_name, storage) from None
+            raise RuntimeError(f"run {run_name!r}: the Ray Train controller died ({err})") from None
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
     ckpt_dir = Path(result.checkpoint.path)
@@ -408,101 +574,6 @@ def train_distributed(
 # ----------------------------------------------------------------------------- the train job
 
 
-class ClusterSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    resources_per_worker: dict[str, float] | None = None
-    max_failures: int = Field(2, ge=-1)
-    checkpoint_every: int = Field(1, ge=1)
-    storage_path: str = DEFAULT_STORAGE
-
-
-class MlflowSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "mvimpute"
-    registered_model_name: str | None = None  # default: mvimpute-<model>
-    n_draws: int = Field(50, ge=1)
-
-
-class TrainJobConfig(BaseModel):
-    """The `train` job's config (YAML): data, model, training, cluster and tracking sections."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = "digits-halves"
-    model: str = "jpvae"
-    model_params: dict = Field(default_factory=dict)
-    train: dict = Field(default_factory=dict)
-    likelihoods: dict[str, str] = Field(default_factory=dict)
-    scalings: dict[str, str] = Field(default_factory=dict)
-    cluster: ClusterSection = Field(default_factory=ClusterSection)
-    mlflow: MlflowSection = Field(default_factory=MlflowSection)
-    run_name: str | None = None
-    resume_from: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainJobConfig:
-        if self.model not in MODEL_REGISTRY:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_REGISTRY)}")
-        config_from_kwargs(MODEL_REGISTRY[self.model].config_class, self.model_params, self.model)
-        self.train = asdict(_train_config({"progress": False, **self.train}))
-        return self
-
-    @property
-    def registered_model_name(self) -> str:
-        return self.mlflow.registered_model_name or f"mvimpute-{self.model}"
-
-
-def _parse_override(item: str) -> tuple[list[str], object]:
-    if "=" not in item:
-        raise ValueError(f"override {item!r} must read key.path=value")
-    key, value = item.split("=", 1)
-    if not key:
-        raise ValueError(f"override {item!r} has no key")
-    return key.split("."), yaml.safe_load(value) if value != "" else None
-
-
-def load_job_config(config: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> TrainJobConfig:
-    """The job config from YAML (or a dict) with `key.path=value` overrides (values parsed as YAML)."""
-    if config is None:
-        raw: dict = {}
-    elif isinstance(config, Mapping):
-        raw = dict(config)
-    else:
-        path = Path(config)
-        if not path.is_file():
-            raise ValueError(f"config {str(config)!r}: no such file")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"config {str(config)!r}: expected a mapping")
-        data = raw.get("data")
-        if isinstance(data, str) and data.endswith((".yaml", ".yml")) and not Path(data).is_absolute():
-            if not Path(data).exists() and (path.parent / data).exists():
-                raw["data"] = str(path.parent / data)
-    for item in overrides:
-        keys, value = _parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {k!r} is not a section")
-        node[keys[-1]] = value
-    try:
-        return TrainJobConfig.model_validate(raw)
-    except ValidationError as err:
-        parts = []
-        for e in err.errors():
-            loc = ".".join(str(x) for x in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise ValueError("train config: " + "; ".join(parts)) from None
-
-
 @dataclass
 class TrainJobResult:
     run_id: str | None
@@ -523,11 +594,13 @@ def train_main(
     tracking_uri: str | None = None,
     registered_model_name: str | None = None,
     tracking: bool | None = None,
+    echo: bool = True,
 ) -> TrainJobResult:
     """The `train` job: config YAML + overrides → Ray Train run → MLflow run + registered model.
 
-    Keyword arguments override the config (they are the command line's flags). Prints the MLflow
-    run id and the registered model URI.
+    Keyword arguments override the config (they are the command line's flags). With `echo`,
+    prints one line per epoch and a summary (best epoch and score, MLflow run id, model URI).
+    Ctrl-C stops the run (`RunInterrupted`), marks the MLflow run KILLED and keeps the checkpoints.
     """
     items = list(overrides)
     for key, value in (
@@ -547,6 +620,13 @@ def train_main(
         from .data.spec import validate_spec
 
         validate_spec(job.data)  # a bad spec fails before an MLflow run or a Ray cluster is touched
+    if job.resume_from is not None:
+        from .checkpoint import read_checkpoint
+
+        try:  # a damaged checkpoint fails before an MLflow run is created or Ray starts
+            read_checkpoint(job.resume_from, what="resume_from")
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
 
     run = None
     if job.mlflow.enabled:
@@ -572,20 +652,40 @@ def train_main(
             likelihoods=job.likelihoods,
             scalings=job.scalings,
             tracking=run.as_dict() if run else None,
+            wait_for_resources=job.cluster.wait_for_resources,
+            echo=echo,
         )
         model_uri = None
         if run is not None:
             model_uri = tr.log_training_outputs(
-                run, result, registered_model_name=job.registered_model_name, n_draws=job.mlflow.n_draws
+                run,
+                result,
+                registered_model_name=job.registered_model_name,
+                n_draws=job.mlflow.n_draws,
+                alias=job.mlflow.alias,
             )
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         if run is not None:
             tr.end_run(run, status)
-    print(f"run id: {run.run_id if run else '-'}")
-    print(f"model URI: {model_uri or '-'}")
-    print(f"checkpoint: {result.checkpoint_path}")
+    if echo:
+        for line in summary_lines(result, run.run_id if run else None, model_uri, run.tracking_uri if run else None):
+            print(line, flush=True)
     return TrainJobResult(run.run_id if run else None, model_uri, result.checkpoint_path, result)
+
+
+def summary_lines(result: DistributedResult, run_id: str | None, model_uri: str | None, tracking_uri: str | None):
+    """The final summary of a train run: best epoch and score, run id, model URI, checkpoint."""
+    best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
+    key = next((k for k in ("val_crps", "val_rmse", "train_loss") if k in best), None)
+    score = f"{key} {best[key]:.4g}" if key else "no score"
+    yield f"best epoch {result.best_epoch} of {len(result.history)} ({score})"
+    yield f"MLflow run {run_id or '-'}" + (f" at {tracking_uri}" if run_id else " (tracking off)")
+    yield f"model URI {model_uri or '-'}"
+    yield f"checkpoint {result.checkpoint_path}"
 
 
 __all__ = [

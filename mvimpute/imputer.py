@@ -13,7 +13,7 @@ import torch
 
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
-from .data.multiview import MultiViewData, ViewSchema, as_multiview
+from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
 from .models import MODEL_REGISTRY, build_model
 from .models.base import config_from_kwargs
 from .training import TrainConfig, TrainingLoop, ValidationSet, resolve_device, shuffled_batches
@@ -52,6 +52,7 @@ class MultiViewImputer:
         self.schema_: ViewSchema | None = None
         self.history_: list[dict] = []
         self.fit_seconds_: float | None = None
+        self.provenance_: dict = {}  # where the training data came from (data, split), kept in the checkpoint
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.model_params.items())
@@ -59,16 +60,20 @@ class MultiViewImputer:
         return f"MultiViewImputer(model={self.model_name!r}{extra}, epochs={self.train_config.epochs})"
 
     # -- training
-    def fit(self, views, validation=None) -> MultiViewImputer:
+    def fit(self, views, validation=None, on_epoch=None) -> MultiViewImputer:
         """Train on `views` (dict of arrays/DataFrames with NaN for missing, or `MultiViewData`).
 
         A share `val_frac` of the samples is held out for the self-supervised validation score that
-        drives early stopping, unless `validation` data are given.
+        drives early stopping, unless `validation` data are given. `on_epoch(epoch, metrics,
+        improved)` runs after each epoch (epochs numbered from 0 there, from 1 in `metrics`).
+        A column with no observed value, or values whose scaling would overflow, is a `ValueError`.
         """
         cfg = self.train_config
         torch.manual_seed(cfg.seed)
         data = as_multiview(views, self.likelihoods or None)
         data.check_no_empty_rows()
+        for v, a in data.views.items():  # before the split: a huge value in the validation rows overflows too
+            check_magnitude(v, a, data.columns[v])
         device = resolve_device(cfg.device)
         rng = np.random.default_rng(cfg.seed)
         if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:
@@ -87,7 +92,7 @@ class MultiViewImputer:
         loop = TrainingLoop(self.model_, cfg, device)
         steps = max(1, -(-len(train_batch) // cfg.batch_size))
         t0 = time.perf_counter()
-        result = loop.run(shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set)
+        result = loop.run(shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set, on_epoch=on_epoch)
         self.model_.eval()
         self.model_.after_fit(lambda: (b.to(device) for b in shuffled_batches(train_batch, CHUNK, 0)(0)))
         self.fit_seconds_ = time.perf_counter() - t0
@@ -102,6 +107,8 @@ class MultiViewImputer:
     def _prepare(self, views) -> tuple[MultiViewData, MultiViewBatch]:
         self._check_fitted()
         data = self.schema_.check(views)
+        if data.n_samples == 0:
+            raise ValueError("no rows to impute: the input has 0 samples")
         return data, self.schema_.to_batch(data)
 
     def _device(self) -> torch.device:
@@ -158,7 +165,12 @@ class MultiViewImputer:
             self.model_,
             self.schema_,
             self.train_config,
-            {"history": self.history_, "imputer": {"scalings": self.scalings, "likelihoods": self.likelihoods}},
+            {
+                "history": self.history_,
+                "imputer": {"scalings": self.scalings, "likelihoods": self.likelihoods},
+                "provenance": self.provenance_,
+                "best_epoch": getattr(self, "best_epoch_", None),
+            },
         )
 
     @classmethod
@@ -170,6 +182,8 @@ class MultiViewImputer:
         )
         imp.model_, imp.schema_ = model.to(resolve_device(device)), schema
         imp.history_ = state.get("history", [])
+        imp.provenance_ = dict(state.get("provenance") or {})
+        imp.best_epoch_ = state.get("best_epoch", (state.get("loop") or {}).get("best_epoch"))
         return imp
 
 

@@ -1,8 +1,11 @@
 """MLflow tracking: runs, per-epoch metrics, figures and the model as a registered pyfunc.
 
 The only module that imports mlflow. The tracking URI is `MLFLOW_TRACKING_URI` when set, else
-the embedded default `sqlite:///mlruns.db` with artifacts under `./mlartifacts`; it is set when a
-run starts, never at import. The logged model is an `mlflow.pyfunc` model wrapping the
+the embedded default `sqlite:///mlflow.db` — MLflow 3's own default, so a plain `mlflow` command
+or `mlflow.pyfunc.load_model("models:/…")` in the same folder finds the same runs and models —
+with artifacts under `./mlartifacts`; it is set when a run starts, never at import. A registered
+model's newest version gets the alias `champion` (`models:/mvimpute-jpvae@champion`), which
+serving loads. The logged model is an `mlflow.pyfunc` model wrapping the
 self-describing checkpoint: input a wide DataFrame with `view:column` columns (NaN = missing),
 output the same frame with missing entries imputed (`MultiViewImputer.transform`).
 """
@@ -25,7 +28,8 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's default: a plain `mlflow` here finds it
+CHAMPION = "champion"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 _REQUIREMENTS = (
     "torch",
@@ -214,7 +218,13 @@ def log_figure(run: RunRef, fig, artifact_file: str) -> None:
         run.client.log_artifact(run.run_id, str(path), None if parent == "." else parent)
 
 
-def log_training_outputs(run: RunRef, result, registered_model_name: str | None = None, n_draws: int = 50) -> str:
+def log_training_outputs(
+    run: RunRef,
+    result,
+    registered_model_name: str | None = None,
+    n_draws: int = 50,
+    alias: str | None = CHAMPION,
+) -> str:
     """After a run: summary metrics, figures (curves, posterior draws, JPVAE latent correlations) and
     the registered model. `result` is a `DistributedResult`. Returns the model URI."""
     from . import plots
@@ -225,7 +235,7 @@ def log_training_outputs(run: RunRef, result, registered_model_name: str | None 
     best = [h for h in result.history if h.get("epoch") == result.best_epoch]
     if best and "val_rmse" in best[0]:
         summary["best_val_rmse"] = best[0]["val_rmse"]
-    log_epoch_metrics(run, summary, step=max(len(result.history) - 1, 0))
+    log_epoch_metrics(run, summary, step=max(len(result.history), 1))
     client.set_tag(run.run_id, "ray.run_name", result.run_name)
     client.set_tag(run.run_id, "ray.checkpoint", str(result.checkpoint_path))
     client.log_artifact(run.run_id, str(result.checkpoint_file), "checkpoint")
@@ -236,7 +246,34 @@ def log_training_outputs(run: RunRef, result, registered_model_name: str | None 
     if heat is not None:
         log_figure(run, heat, "plots/latent_cross_correlation.png")
     example = result.preview.to_frame() if result.preview is not None else None
-    return log_model(run, result.checkpoint_file, example, registered_model_name, imputer=imputer)
+    uri = log_model(run, result.checkpoint_file, example, None, imputer=imputer)
+    if registered_model_name:
+        uri = register_model(run, uri, registered_model_name, alias=alias)
+    return uri
+
+
+def register_model(run: RunRef, model_uri: str, name: str, alias: str | None = CHAMPION) -> str:
+    """A new version of registered model `name` from a logged model, given `alias` (default `champion`).
+
+    Returns `models:/<name>@<alias>` (or `models:/<name>/<version>` without an alias). Uses the
+    client directly: `log_model(registered_model_name=…)` prints its progress to stderr."""
+    from mlflow.exceptions import MlflowException
+
+    client = run.client
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+            raise
+    version = client.create_model_version(name, model_uri, run_id=run.run_id)
+    for _ in range(60):  # file and SQL stores are READY at once; a server with async registration may lag
+        if client.get_model_version(name, version.version).status == "READY":
+            break
+        time.sleep(0.5)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+        return f"models:/{name}@{alias}"
+    return f"models:/{name}/{version.version}"
 
 
 def metric_key(name: str) -> str:
@@ -281,6 +318,7 @@ def log_evaluation(
 
 
 __all__ = [
+    "CHAMPION",
     "DEFAULT_TRACKING_URI",
     "MultiViewPyfunc",
     "RunRef",
@@ -294,6 +332,7 @@ __all__ = [
     "log_training_outputs",
     "metric_key",
     "pinned_requirements",
+    "register_model",
     "resolve_tracking_uri",
     "start_run",
 ]

@@ -19,34 +19,9 @@ from tqdm.auto import tqdm
 
 from . import masking
 from .batch import MultiViewBatch
+from .config import TrainConfig
 from .data.multiview import MultiViewData
 from .models.base import ImputationModel
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 10.0
-    patience: int | None = 20
-    val_frac: float = 0.1
-    val_hide_frac: float = 0.2
-    val_view_frac: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if not 0 <= self.val_frac < 1:
-            raise ValueError(f"val_frac must lie in [0, 1), got {self.val_frac}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -100,7 +75,7 @@ def validation_score(model: ImputationModel, val: ValidationSet) -> dict[str, fl
 @dataclass
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
+    best_epoch: int = 0  # numbered from 1; 0: none yet
     best_score: float = math.inf
     stopped_early: bool = False
 
@@ -203,10 +178,10 @@ class TrainingLoop:
                 score = metrics["train_loss"]
             if val is not None:
                 score = metrics["val_rmse"]
-            metrics["epoch"] = epoch
+            metrics["epoch"] = epoch + 1  # epochs are numbered from 1 wherever a person sees them
             improved = score < self.result.best_score
             if improved or not np.isfinite(self.result.best_score):
-                self.result.best_score, self.result.best_epoch = score, epoch
+                self.result.best_score, self.result.best_epoch = score, epoch + 1
                 self.best_state = copy.deepcopy(self.module.state_dict())
                 self.bad_epochs = 0
             else:

@@ -30,11 +30,12 @@ def invoke(*args: str):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model.pt"
-    res = invoke("fit", "--dataset", "digits-halves", "--model", "jpvae", "--epochs", 2,
+    res = invoke("fit", "--data", "digits-halves", "--model", "jpvae", "--epochs", 2,
                  "--out", out, "--param", "hidden=[32,32]", "--param", "latent_dim=4", "--param", "batch_size=512",
                  "--device", "cpu")
     assert res.exit_code == 0, res.output
-    assert "best validation score" in res.output and "val_rmse" in res.output
+    assert re.search(r"best epoch \d+ of 2 \(val_rmse \d", res.output), res.output
+    assert len(re.findall(r"^epoch \d/2 ", res.output, flags=re.M)) == 2, res.output  # a line per epoch off a terminal
     assert re.search(r"in \d+\.\d+ s", res.output)
     return out
 
@@ -67,7 +68,7 @@ def test_fit_saves_a_loadable_model_with_the_given_params(model_path):
 @pytest.mark.parametrize("mechanism", ["view", "mcar"])
 def test_score_prints_a_table_and_writes_json(model_path, tmp_path, mechanism):
     out = tmp_path / "scores.json"
-    res = invoke("score", "--model-path", model_path, "--dataset", "digits-halves", "--mechanism", mechanism,
+    res = invoke("score", "--checkpoint", model_path, "--data", "digits-halves", "--mechanism", mechanism,
                  "--rate", 0.5, "--seed", 0, "--test-frac", 0.2, "--n-samples", 10, "--json", out,
                  "--device", "cpu")
     assert res.exit_code == 0, res.output
@@ -105,7 +106,7 @@ def test_impute_round_trip(model_path, tmp_path, suffix):
     else:
         wide.to_parquet(src, index=False)
     assert wide.drop(columns="sample_id").isna().to_numpy().any()
-    res = invoke("impute", "--model-path", model_path, "--input", src, "--output", dst,
+    res = invoke("impute", "--checkpoint", model_path, "--input", src, "--output", dst,
                  "--id-column", "sample_id", "--device", "cpu")
     assert res.exit_code == 0, res.output
     got = pd.read_csv(dst) if suffix == ".csv" else pd.read_parquet(dst)
@@ -129,57 +130,57 @@ def test_impute_round_trip(model_path, tmp_path, suffix):
 
 def test_bad_param_names_it(tmp_path):
     out = tmp_path / "m.pt"
-    res = invoke("fit", "--dataset", "digits-halves", "--epochs", 1, "--out", out, "--param", "bogus_knob=3")
+    res = invoke("fit", "--data", "digits-halves", "--epochs", 1, "--out", out, "--param", "bogus_knob=3")
     assert res.exit_code != 0
     assert "bogus_knob" in plain(res.output) and "--param" in plain(res.output)
     assert not out.exists()
-    res = invoke("fit", "--dataset", "digits-halves", "--epochs", 1, "--out", out, "--param", "hidden")
+    res = invoke("fit", "--data", "digits-halves", "--epochs", 1, "--out", out, "--param", "hidden")
     assert res.exit_code == 2 and "'hidden' is not key=value" in plain(res.output)
-    res = invoke("fit", "--dataset", "digits-halves", "--epochs", 1, "--out", out, "--param", "alpha=1.5")
+    res = invoke("fit", "--data", "digits-halves", "--epochs", 1, "--out", out, "--param", "alpha=1.5")
     assert res.exit_code == 2 and "alpha" in plain(res.output)
-    res = invoke("fit", "--dataset", "digits-halves", "--epochs", 1, "--out", out, "--param", "epochs=3")
+    res = invoke("fit", "--data", "digits-halves", "--epochs", 1, "--out", out, "--param", "epochs=3")
     assert res.exit_code == 2 and "--epochs" in plain(res.output)
 
 
 def test_unknown_dataset_and_model(tmp_path):
-    res = invoke("fit", "--dataset", "mnist-quarters", "--epochs", 1, "--out", tmp_path / "m.pt")
+    res = invoke("fit", "--data", "mnist-quarters", "--epochs", 1, "--out", tmp_path / "m.pt")
     assert res.exit_code == 2
     text = plain(res.output)
     assert "mnist-quarters" in text and "digits-halves" in text
-    res = invoke("fit", "--dataset", "digits-halves", "--model", "gan", "--out", tmp_path / "m.pt")
+    res = invoke("fit", "--data", "digits-halves", "--model", "gan", "--out", tmp_path / "m.pt")
     assert res.exit_code == 2 and "'gan'" in plain(res.output)
 
 
 def test_missing_files(tmp_path, model_path):
-    res = invoke("score", "--model-path", tmp_path / "nope.pt", "--dataset", "digits-halves")
+    res = invoke("score", "--checkpoint", tmp_path / "nope.pt", "--data", "digits-halves")
     assert res.exit_code == 2 and "nope.pt" in plain(res.output)
-    res = invoke("impute", "--model-path", model_path, "--input", tmp_path / "missing.csv",
+    res = invoke("impute", "--checkpoint", model_path, "--input", tmp_path / "missing.csv",
                  "--output", tmp_path / "o.csv")
     assert res.exit_code == 2 and "missing.csv" in plain(res.output)
     not_a_model = tmp_path / "model.pt"
     not_a_model.write_text("hello")
-    res = invoke("score", "--model-path", not_a_model, "--dataset", "digits-halves")
+    res = invoke("score", "--checkpoint", not_a_model, "--data", "digits-halves")
     assert res.exit_code == 2 and "model.pt" in plain(res.output)
 
 
 def test_impute_bad_table(tmp_path, model_path):
     src = tmp_path / "in.csv"
     pd.DataFrame({"top:px00": [0.0, np.nan], "stray": [1, 2]}).to_csv(src, index=False)
-    res = invoke("impute", "--model-path", model_path, "--input", src, "--output", tmp_path / "o.csv")
+    res = invoke("impute", "--checkpoint", model_path, "--input", src, "--output", tmp_path / "o.csv")
     assert res.exit_code == 2 and "stray" in plain(res.output)
-    res = invoke("impute", "--model-path", model_path, "--input", src, "--output", tmp_path / "o.csv",
+    res = invoke("impute", "--checkpoint", model_path, "--input", src, "--output", tmp_path / "o.csv",
                  "--id-column", "sample")
     assert res.exit_code == 2 and "sample" in plain(res.output)
     pd.DataFrame({"top:px00": [0.0, np.nan], "rna:g1": [1, 2]}).to_csv(src, index=False)
-    res = invoke("impute", "--model-path", model_path, "--input", src, "--output", tmp_path / "o.csv")
+    res = invoke("impute", "--checkpoint", model_path, "--input", src, "--output", tmp_path / "o.csv")
     assert res.exit_code == 2 and "rna" in plain(res.output)
-    res = invoke("impute", "--model-path", model_path, "--input", src, "--output", tmp_path / "o.xlsx")
+    res = invoke("impute", "--checkpoint", model_path, "--input", src, "--output", tmp_path / "o.xlsx")
     assert res.exit_code == 2 and "o.xlsx" in plain(res.output)
     assert not (tmp_path / "o.csv").exists()
 
 
 def test_score_bad_rate(model_path):
-    res = invoke("score", "--model-path", model_path, "--dataset", "digits-halves", "--rate", 1.5)
+    res = invoke("score", "--checkpoint", model_path, "--data", "digits-halves", "--rate", 1.5)
     assert res.exit_code == 2 and "rate" in plain(res.output)
 
 

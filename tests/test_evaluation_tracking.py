@@ -75,7 +75,7 @@ def test_no_tracking_uri_no_run(tmp_path, monkeypatch):
         out_dir=tmp_path / "out", progress=False,
     )  # fmt: skip
     assert result.run_id is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no mlruns.db, no mlartifacts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no mlflow.db, no mlartifacts
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
 
 

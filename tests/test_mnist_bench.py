@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvimpute import benchmarks
+from jobs import benchmarks
 from mvimpute.data import mnist as mnist_module
 from mvimpute.data.mnist import mnist_5k
 

@@ -34,7 +34,6 @@ SMALL = dict(prior="orthogonal", conditional="prior", latent_dim=8, hidden=[128]
 TINY = {**SMALL, "hidden": [32]}
 EPOCHS = 8
 TRAIN = dict(epochs=EPOCHS, batch_size=32, lr=5e-3, patience=None, val_frac=0.15, seed=0, progress=False)
-WORKER = {"CPU": 0.5}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -247,7 +246,7 @@ def tracked_run(ray_session, mlflow_server, tmp_path_factory):  # noqa: F811
         "model": "jpvae",
         "model_params": SMALL,
         "train": TRAIN,
-        "cluster": {"num_workers": 2, "resources_per_worker": WORKER, "storage_path": str(root / "ray")},
+        "cluster": {"num_workers": 2, "storage_path": str(root / "ray")},  # default resources
         "mlflow": {"experiment": "platform-test", "registered_model_name": "digits-jpvae", "n_draws": 20},
     }
     path = root / "train.yaml"
@@ -260,7 +259,7 @@ def tracked_run(ray_session, mlflow_server, tmp_path_factory):  # noqa: F811
 
 def test_two_worker_run_beats_column_mean_and_its_checkpoint_rebuilds_the_imputer(tracked_run):
     result = tracked_run.result
-    assert [h["epoch"] for h in result.history] == list(range(EPOCHS))
+    assert [h["epoch"] for h in result.history] == list(range(1, EPOCHS + 1))
     assert result.attempts == [0]
     cfg = TrainConfig(**TRAIN)
     data = read_dataset("digits-halves")
@@ -269,7 +268,7 @@ def test_two_worker_run_beats_column_mean_and_its_checkpoint_rebuilds_the_impute
     val_set = build_validation_set(val, imp.schema_, cfg)
     ours = validation_score(imp.model_, val_set)["val_rmse"]
     # the checkpoint holds the best epoch's weights: its score is the one the workers reported
-    assert math.isclose(ours, result.history[result.best_epoch]["val_rmse"], rel_tol=1e-5), ours
+    assert math.isclose(ours, result.history[result.best_epoch - 1]["val_rmse"], rel_tol=1e-5), ours
     train_scaled = imp.schema_.to_batch(train.to_multiview()).to_arrays()
     filled = mean_imputer().fit(train_scaled).transform(val_set.corrupted.to_arrays())
     err = np.concatenate([(filled[v] - val_set.truth.values[v].numpy())[val_set.hidden[v].numpy()] for v in filled])
@@ -324,7 +323,7 @@ def test_mlflow_run_has_params_metrics_figures_and_a_registered_pyfunc(tracked_r
 def failed_once(ray_session, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("fault")
     marker = root / "failed.marker"
-    os.environ[FAULT_ENV] = f"0:0:{marker}"  # the worker fails once, after epoch 0
+    os.environ[FAULT_ENV] = f"1:0:{marker}"  # the worker fails once, after epoch 1
     try:
         result = train_distributed(
             "digits-halves",
@@ -332,7 +331,6 @@ def failed_once(ray_session, tmp_path_factory):  # noqa: F811
             TINY,
             {**TRAIN, "epochs": 3},
             num_workers=1,
-            resources_per_worker=WORKER,
             storage_path=root / "ray",
             run_name="fails-once",
             max_failures=1,
@@ -347,7 +345,7 @@ def test_worker_crash_resumes_from_the_last_checkpoint(failed_once):
     result, marker = failed_once
     assert marker.exists(), "the injected failure did not happen"
     assert result.attempts == [0, 1]  # the second attempt started from the epoch-0 checkpoint
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
 
 
 def test_stopped_run_resumes_from_its_checkpoint(ray_session, failed_once, tmp_path):  # noqa: F811
@@ -358,12 +356,11 @@ def test_stopped_run_resumes_from_its_checkpoint(ray_session, failed_once, tmp_p
         None,
         {**TRAIN, "epochs": 4},
         num_workers=1,
-        resources_per_worker=WORKER,
         storage_path=tmp_path / "ray",
         resume_from=first.checkpoint_path,
         preview_rows=0,
     )
-    assert [h["epoch"] for h in resumed.history] == list(range(4))
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 5))
     assert resumed.history[:3] == first.history
     assert resumed.attempts == [0, 1, 3]
     before = torch.load(first.checkpoint_file, weights_only=True)["loop"]["optimizer"]["state"]

@@ -239,6 +239,35 @@ def as_multiview(views, likelihoods: Mapping[str, str] | None = None) -> MultiVi
 
 # ----------------------------------------------------------------------------- scaling
 
+MAX_ABS_VALUE = 1e100  # sums of squares (variances, Gaussian log-likelihoods) of larger values overflow float64
+
+
+def _check_trainable(view: str, a: np.ndarray, columns: list[str]) -> None:
+    """Training data every column of which can be learnt: some observed value, and values whose
+    scaling and likelihood stay finite. Either failure is a `ValueError` naming view and column."""
+    if a.shape[0] == 0:
+        raise ValueError(f"view {view!r}: no training samples")
+    empty = np.isnan(a).all(0)
+    if empty.any():
+        names = [columns[j] for j in np.flatnonzero(empty)[:5]]
+        raise ValueError(
+            f"view {view!r}, column(s) {names}: no observed value in the training data, so nothing can be "
+            "learnt about them; drop the column(s) or add samples where they are measured"
+        )
+    check_magnitude(view, a, columns)
+
+
+def check_magnitude(view: str, a: np.ndarray, columns: list[str]) -> None:
+    """Values so large that scaling or a likelihood overflows are a `ValueError` naming view and column."""
+    big = np.abs(np.nan_to_num(a)) > MAX_ABS_VALUE
+    if big.any():
+        j = int(np.argwhere(big.any(0))[0, 0])
+        raise ValueError(
+            f"view {view!r}, column {columns[j]!r}: values up to {np.nanmax(np.abs(a[:, j])):.3g} overflow when "
+            f"scaled (|value| must stay below {MAX_ABS_VALUE:.0e}); rescale the column (e.g. log) first"
+        )
+
+
 
 @dataclass
 class ViewScaler:
@@ -313,6 +342,7 @@ class ViewSchema:
                     f"view {v!r}: scaling {kind!r} does not fit likelihood {data.likelihoods[v]!r}, "
                     "which models raw values; use scaling 'none' or a gaussian likelihood"
                 )
+            _check_trainable(v, a, data.columns[v])
             scalers[v] = ViewScaler(kind).fit(a)
         return cls(dict(data.columns), dict(data.likelihoods), scalers)
 
@@ -356,6 +386,8 @@ class ViewSchema:
                     raise ValueError(f"view {v!r}: columns {missing[:5]} are missing; got {cols[v][:5]}...")
                 order = [cols[v].index(c) for c in expected]
                 data_views[v] = a[:, order]
+        for v in self.columns:
+            check_magnitude(v, data_views[v], self.columns[v])
         return MultiViewData(
             {v: data_views[v] for v in self.columns},
             likelihoods=self.likelihoods,

@@ -1,4 +1,4 @@
-"""Reproducible measurements behind the README's result and benchmark tables."""
+"""Reproducible measurements behind the result and benchmark tables in docs/."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import masking
-from .baselines import mean_imputer
-from .data import MultiViewData, load_dataset
-from .imputer import MultiViewImputer
-from .scoring import score
+from mvimpute import masking
+from mvimpute.baselines import mean_imputer
+from mvimpute.data import MultiViewData, load_dataset
+from mvimpute.imputer import MultiViewImputer
+from mvimpute.scoring import score
 
 JPVAE_PAPER = dict(hidden=(512, 512), latent_dim=20, batch_size=32, lr=1e-3)
 BENCH_DATA = ("digits", "mnist-5k")
@@ -27,7 +27,7 @@ def bench_data(data: str = "digits", layout: str = "halves") -> MultiViewData:
     if data == "digits":
         return load_dataset("digits-halves")
     if data == "mnist-5k":
-        from .data.mnist import mnist_5k
+        from mvimpute.data.mnist import mnist_5k
 
         return mnist_5k(layout)
     raise ValueError(f"unknown benchmark data {data!r}; choose one of {list(BENCH_DATA)}")
@@ -192,7 +192,7 @@ def fit_time(epochs: int = 30, repeats: int = 3, out_dir: str | Path = "outputs/
 
 TAE_BASELINES_ARCH = dict(latent_dim=20, hidden=400)  # the paper's posterior sizes, shared by all three
 TAE_BASELINES_BUDGET = dict(batch_size=64, lr=1e-3, patience=20)
-# TAE's own settings, picked on seed 0 by the self-supervised validation score (see README).
+# TAE's own settings, picked on seed 0 by the self-supervised validation score (see docs/tae.md).
 TAE_CHOSEN = dict(noise="fixed", noise_std=0.1, warmup_start=0.5, warmup_end=0.7, C=5.0, lam=2.0)
 TAE_PAPER_TABLE1 = {0.5: {"mvae": 870, "miwae": 917, "tae": 1719}, 0.8: {"mvae": 803, "miwae": 780, "tae": 1536}}
 TAE_LAYOUT = {"digits": "halves", "mnist-5k": "image"}  # the views the TAE protocol sees (concatenated by the models)
@@ -222,8 +222,9 @@ def posterior_spread(imp: MultiViewImputer, corrupted, n_samples: int = 100) -> 
     return float(np.concatenate(stds).mean())
 
 
-def fit_posterior_model(model: str, train_corrupted, seed: int, epochs: int, tae: dict | None = None,
-                        progress: bool = False, **overrides) -> MultiViewImputer:
+def fit_posterior_model(
+    model: str, train_corrupted, seed: int, epochs: int, tae: dict | None = None, progress: bool = False, **overrides
+) -> MultiViewImputer:
     """One of TAE / MVAE / MIWAE with the shared architecture and budget (TAE with `tae` settings)."""
     params = {**TAE_BASELINES_ARCH, **TAE_BASELINES_BUDGET, **((tae or TAE_CHOSEN) if model == "tae" else {})}
     params.update(overrides)
@@ -266,21 +267,31 @@ def tae_vs_baselines(
             for model in models:
                 imp = fit_posterior_model(model, train_c, seed, epochs, tae)
                 s = score(imp, test, test_c, n_samples=n_samples, eval_elbo_steps=eval_elbo_steps)
-                best = imp.history_[imp.best_epoch_]
+                best = imp.history_[imp.best_epoch_ - 1]
                 row = {
-                    "model": model, "rate": rate, "seed": seed, "eval_elbo": s["eval_elbo"],
-                    "psnr": float(-20 * np.log10(s["rmse"])), "spread": posterior_spread(imp, test_c, n_samples),
-                    "rmse": s["rmse"], "coverage_90": s["coverage_90"], "width_90": s["width_90"], "crps": s["crps"],
+                    "model": model,
+                    "rate": rate,
+                    "seed": seed,
+                    "eval_elbo": s["eval_elbo"],
+                    "psnr": float(-20 * np.log10(s["rmse"])),
+                    "spread": posterior_spread(imp, test_c, n_samples),
+                    "rmse": s["rmse"],
+                    "coverage_90": s["coverage_90"],
+                    "width_90": s["width_90"],
+                    "crps": s["crps"],
                     **{f"psnr_{v}": s[f"psnr/{v}"] for v in test.view_names},
-                    "best_epoch": imp.best_epoch_, "epochs_run": len(imp.history_),
-                    "val_rmse": best["val_rmse"], "fit_seconds": imp.fit_seconds_,
+                    "best_epoch": imp.best_epoch_,
+                    "epochs_run": len(imp.history_),
+                    "val_rmse": best["val_rmse"],
+                    "fit_seconds": imp.fit_seconds_,
                 }
                 if model == "tae":
                     row.update(
                         tae_settings=tae,
                         condition_final=imp.history_[-1]["train_condition_value"],
                         condition_at_best=best["train_condition_value"],
-                        C=best["train_C"], gamma_at_best=best["train_gamma"],
+                        C=best["train_C"],
+                        gamma_at_best=best["train_gamma"],
                         condition_trace=[round(h["train_condition_value"], 3) for h in imp.history_],
                     )
                 rows.append(row)
@@ -302,13 +313,8 @@ def tae_vs_baselines(
         tae_elbo = {r["seed"]: r["eval_elbo"] for r in sel("tae", rate)}
         for model in models:
             rs = sel(model, rate)
-            ratio = (
-                _mean_sd([tae_elbo[r["seed"]] / r["eval_elbo"] for r in rs])
-                if model != "tae" and tae_elbo else "–"
-            )
-            cond = (
-                f"{_mean_sd([r['condition_final'] for r in rs])} ({rs[0]['C']:g})" if model == "tae" else "–"
-            )
+            ratio = _mean_sd([tae_elbo[r["seed"]] / r["eval_elbo"] for r in rs]) if model != "tae" and tae_elbo else "–"
+            cond = f"{_mean_sd([r['condition_final'] for r in rs])} ({rs[0]['C']:g})" if model == "tae" else "–"
             table.append(
                 f"| {int(round(100 * rate))} % | {model.upper()} | {_mean_sd([r['eval_elbo'] for r in rs])} | {ratio} "
                 f"| {_mean_sd([r['psnr'] for r in rs])} | {_mean_sd([r['spread'] for r in rs])} "
@@ -339,7 +345,8 @@ def tae_vs_baselines(
             for k in range(3):
                 panels[f"{model.upper()}\ndraw {k + 1}"] = img({v: d[k] for v, d in draws.items()})
         digit_figure(
-            Path(figure), panels,
+            Path(figure),
+            panels,
             f"Test digits, {int(round(100 * rates[0]))} % missing (pink), noise σ = {noise_std}; seed {seeds[0]}",
         )
     print(text)
@@ -400,7 +407,7 @@ def _read_per_view_parquet(spec_path: Path):
     import pandas as pd
     import yaml
 
-    from .data.multiview import MultiViewData
+    from mvimpute.data.multiview import MultiViewData
 
     spec = yaml.safe_load(Path(spec_path).read_text())
     idc = spec["id_column"]
@@ -466,7 +473,7 @@ def _ray_run(spec_path: Path, model: str, train: dict, storage: Path) -> dict:
     """`train_distributed` (1 worker, Ray Data streaming from the spec): start-up included in the wall time."""
     import ray
 
-    from .distributed import train_distributed
+    from mvimpute.distributed import train_distributed
 
     t0 = time.perf_counter()
     started = not ray.is_initialized()
@@ -654,7 +661,7 @@ def _memory_child(spec: str, model: str, train: dict, storage: str, out_json: st
     """One training run in a fresh process (Ray started here, so the whole cluster is this process's tree)."""
     import ray
 
-    from .distributed import train_distributed
+    from mvimpute.distributed import train_distributed
 
     t0 = time.perf_counter()
     ray.init()
@@ -696,7 +703,9 @@ def ray_memory(
                 parquet_mib = sum(f.stat().st_size for f in Path(tmp).rglob("*.parquet")) / 2.0**20
                 out_json = Path(tmp) / "child.json"
                 args = (str(spec), model, train, str(Path(tmp) / "ray"), str(out_json))
-                code = f"from mvimpute.benchmarks import _memory_child; _memory_child(*{args!r})"
+                jobs_dir = str(Path(__file__).resolve().parent)
+                code = f"import sys; sys.path.insert(0, {jobs_dir!r}); from benchmarks import _memory_child; "
+                code += f"_memory_child(*{args!r})"
                 t0 = time.perf_counter()
                 with open(Path(tmp) / "child.log", "w") as log:
                     proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)

@@ -1,0 +1,252 @@
+"""Typed configs shared by every runner: the training loop's `TrainConfig` and the job config
+(`data`, `model`, `model_params`, `train`, `cluster`, `mlflow` sections) that `fit`, `train` and
+`tune` read from YAML plus `key.path=value` overrides.
+
+Torch-free, so that the command line can list keys and defaults in its help without loading
+the models.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .names import MODEL_NAMES
+
+DEFAULT_STORAGE = "ray_results"
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings (every runner: `fit`, Ray Train workers, Tune trials)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    patience: int | None = 20
+    val_frac: float = 0.1
+    val_hide_frac: float = 0.2
+    val_view_frac: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_field_types(self)
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not 0 <= self.val_frac < 1:
+            raise ValueError(f"val_frac must lie in [0, 1), got {self.val_frac}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def _allowed(tp) -> tuple[type, ...]:
+    args = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else (tp,)
+    return tuple(type(None) if a is None else a for a in args)
+
+
+def _check_field_types(obj) -> None:
+    """A field given a value of the wrong type (`epochs=2.5`, `lr="fast"`) is a `ValueError` naming it."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        allowed = _allowed(hints[f.name])
+        ok = any(
+            value is None
+            if a is type(None)
+            else isinstance(value, bool)
+            if a is bool
+            else isinstance(value, int) and not isinstance(value, bool)
+            if a is int
+            else isinstance(value, int | float) and not isinstance(value, bool)
+            if a is float
+            else isinstance(value, a)
+            for a in allowed
+        )
+        if not ok:
+            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+            raise ValueError(f"{f.name} must be {names}, got {value!r}")
+
+
+def train_config(config: TrainConfig | Mapping | None) -> TrainConfig:
+    """A `TrainConfig` from a mapping; unknown keys are a `ValueError` that lists the known ones."""
+    if config is None:
+        return TrainConfig(progress=False)
+    if isinstance(config, TrainConfig):
+        return config
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"train config has no field(s) {unknown}; it takes {sorted(known)}")
+    return TrainConfig(**dict(config))
+
+
+# ----------------------------------------------------------------------------- the job config
+
+
+class ClusterSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None  # default: leave one CPU to Ray Data
+    wait_for_resources: bool = False  # autoscaling clusters: wait for nodes instead of failing fast
+    max_failures: int = Field(2, ge=-1)
+    checkpoint_every: int = Field(1, ge=1)
+    storage_path: str = DEFAULT_STORAGE
+
+
+class MlflowSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "mvimpute"
+    registered_model_name: str | None = None  # default: mvimpute-<model>
+    alias: str | None = "champion"  # given to the registered version; serving loads models:/<name>@champion
+    n_draws: int = Field(50, ge=1)
+
+
+class TrainJobConfig(BaseModel):
+    """The job config (YAML): data, model, training, cluster and tracking sections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = "digits-halves"
+    model: str = "jpvae"
+    model_params: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
+    likelihoods: dict[str, str] = Field(default_factory=dict)
+    scalings: dict[str, str] = Field(default_factory=dict)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    run_name: str | None = None
+    resume_from: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainJobConfig:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_NAMES)}")
+        from .models import MODEL_REGISTRY
+        from .models.base import config_from_kwargs
+
+        config_from_kwargs(MODEL_REGISTRY[self.model].config_class, self.model_params, self.model)
+        self.train = asdict(train_config({"progress": False, **self.train}))
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model_name or f"mvimpute-{self.model}"
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must read key.path=value")
+    key, value = item.split("=", 1)
+    if not key:
+        raise ValueError(f"override {item!r} has no key")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {item!r}: cannot parse {value!r} as YAML ({err})") from None
+    return key.split("."), parsed
+
+
+def load_job_config(config: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> TrainJobConfig:
+    """The job config from YAML (or a dict) with `key.path=value` overrides (values parsed as YAML)."""
+    if config is None:
+        raw: dict = {}
+    elif isinstance(config, Mapping):
+        raw = dict(config)
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ValueError(f"config {str(config)!r}: no such file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config {str(config)!r}: not valid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {str(config)!r}: expected a mapping")
+        data = raw.get("data")
+        if isinstance(data, str) and data.endswith((".yaml", ".yml")) and not Path(data).is_absolute():
+            if not Path(data).exists() and (path.parent / data).exists():
+                raw["data"] = str(path.parent / data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    try:
+        return TrainJobConfig.model_validate(raw)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(str(x) for x in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        raise ValueError("config: " + "; ".join(parts)) from None
+
+
+def config_keys() -> list[tuple[str, object]]:
+    """Every job-config key (dotted) with its default, in file order; `model_params` keys depend on the model."""
+    out: list[tuple[str, object]] = []
+    for name, f in TrainJobConfig.model_fields.items():
+        if name == "train":
+            for tf in fields(TrainConfig):
+                if tf.name != "progress":
+                    out.append((f"train.{tf.name}", tf.default if tf.default is not MISSING else None))
+        elif isinstance(f.default_factory, type) and issubclass(f.default_factory, BaseModel):
+            for sub, sf in f.default_factory.model_fields.items():
+                out.append((f"{name}.{sub}", sf.default))
+        elif name in ("model_params", "likelihoods", "scalings"):
+            out.append((f"{name}.<key>", "{}"))
+        else:
+            out.append((name, f.default))
+    return out
+
+
+def config_help(width: int = 78) -> str:
+    """The keys and defaults as a compact block for `--help` (fits 80 columns)."""
+    items = [f"{k}={'null' if v is None else v}" for k, v in config_keys()]
+    lines, line = [], ""
+    for it in items:
+        if line and len(line) + 2 + len(it) > width:
+            lines.append(line)
+            line = ""
+        line = f"{line}  {it}" if line else it
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def default_config_yaml() -> str:
+    """The resolved default job config as YAML (what `--print-config` shows with no overrides)."""
+    return yaml.safe_dump(TrainJobConfig().model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "ClusterSection",
+    "MlflowSection",
+    "TrainConfig",
+    "TrainJobConfig",
+    "config_help",
+    "config_keys",
+    "load_job_config",
+    "parse_override",
+    "train_config",
+]
