@@ -105,8 +105,8 @@ def cpu_group(replicas: int = 1, min_replicas: int = 1, max_replicas: int = 8) -
         "minReplicas": min_replicas,
         "maxReplicas": max_replicas,
         "rayStartParams": {},
-        # a Ray Train worker takes 1 CPU (jobs/train.yaml: cluster.resources_per_worker); the other
-        # three run the Ray Data tasks that read and shard its input
+        # a Ray Train worker takes 1 CPU (plan_worker_resources on an autoscaling cluster); the
+        # other three run the Ray Data tasks that read and shard its input
         "template": pod_template(ray_container("ray-worker", IMAGE_CPU, "4", "16Gi")),
     }
 
@@ -183,6 +183,8 @@ JOBS = {
             "--data", "digits-halves",
             "--num-workers", "2",
             f"cluster.storage_path={STORAGE}",
+            # the autoscaler adds the nodes the workers ask for: wait for them instead of failing fast
+            "cluster.wait_for_resources=true",
         ],
         "Ray Train run; registers mvimpute-jpvae and sets its champion alias",
     ),
@@ -192,6 +194,7 @@ JOBS = {
             "--config", app("tune_spaces/jpvae.yaml"),
             "--data", "digits-halves",
             f"cluster.storage_path={STORAGE}",
+            "cluster.wait_for_resources=true",
         ],
         "Ray Tune sweep; moves the champion alias to the best trial's model",
     ),
