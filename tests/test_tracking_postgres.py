@@ -263,10 +263,10 @@ def test_model_registered_as_champion_through_the_cluster_tracking_server(stack,
     assert model_uri == f"models:/{name}@{alias}"
     run = tracking.start_run("mvimpute-k8s")
     assert run.tracking_uri == ray_env["MLFLOW_TRACKING_URI"]
-    registered = tracking.log_model(run, ckpt, registered_model_name=name, imputer=imp)
-    version = registered.rsplit("/", 1)[1]
-    run.client.set_registered_model_alias(name, alias, version)
+    logged = tracking.log_model(run, ckpt, imputer=imp)
+    assert tracking.register_model(run, logged, name, alias=alias) == model_uri  # as the train job does
     tracking.end_run(run)
+    version = run.client.get_model_version_by_alias(name, alias).version
 
     test = mvi.masking.corrupt(data.subset(np.arange(400, 460)), mcar_rate=0.3, seed=1).data
     frame = test.to_frame()
