@@ -353,10 +353,10 @@ def register_model(run: RunRef, model_uri: str, name: str, alias: str | None = C
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
-    logged = re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri)  # MLflow 3's logged-model URI names its id
-    version = client.create_model_version(
-        name, model_uri, run_id=run.run_id, model_id=logged.group(1) if logged else None
-    )
+    # a logged model's URI (`models:/m-…`) names the logged model; a tracking server refuses it as the
+    # source unless model_id says so too (file and SQL stores accept it without)
+    logged = re.fullmatch(r"models:/(m-[0-9a-f]+)/?", model_uri)
+    version = client.create_model_version(name, model_uri, run_id=run.run_id, model_id=logged[1] if logged else None)
     for _ in range(60):  # file and SQL stores are READY at once; a server with async registration may lag
         if client.get_model_version(name, version.version).status == "READY":
             break
