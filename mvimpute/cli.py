@@ -110,7 +110,7 @@ def _job_items(
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--param")
         if key in own:
             raise typer.BadParameter(f"{key!r} has its own option: use {own[key]}", param_hint="--param")
         section = "train" if key in train_keys else "model_params"  # as MultiViewImputer(**params) splits them
