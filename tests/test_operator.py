@@ -243,6 +243,7 @@ def test_train_output_is_quiet_ctrl_c_keeps_a_checkpoint_and_the_readme_snippet_
     first_out = "".join(first) + rest
     assert proc.returncode == 130, first_out
     assert "resume with --run-name op" in first_out, first_out
+    assert len(first_out.strip().splitlines()) <= 20 and "\x1b[" not in first_out, first_out
     assert list((tmp_path / "ray_results" / "op").glob("checkpoint_*")), "the interrupted run left no checkpoint"
 
     done = subprocess.run([*cmd, "--epochs", "3"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
