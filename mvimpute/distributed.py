@@ -197,13 +197,20 @@ def _train_worker(config: dict) -> None:
             "data": config["data_source"],
         }
 
+    placement = {}
+    if config.get("report_placement_group"):
+        from ray.util import get_current_placement_group
+
+        pg = get_current_placement_group()
+        placement = {"train_placement_group": pg.id.hex()} if pg is not None else {}
+
     def report(metrics: dict, save: bool, final: bool = False) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0 and save:
                 torch.save(checkpoint_dict(loop.module, schema, cfg, extra(final)), os.path.join(tmp, CHECKPOINT_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(_clean(metrics), checkpoint=checkpoint)
+            ray.train.report({**_clean(metrics), **placement}, checkpoint=checkpoint)
 
     def selection(metrics: dict) -> dict:
         """The run's score so far for a scheduler or a search: the best selectable epoch's score
@@ -539,13 +546,16 @@ def run_training(
     fault: Mapping | None = None,
     preview_rows: int = 8,
     echo: bool = False,
+    report_placement_group: bool = False,
 ) -> DistributedResult:
     """The Ray Train runner: one `TorchTrainer` run of `model` on `prepared` data.
 
     `run_config` (a `ray.train.RunConfig`: name, storage, failure policy, callbacks such as Tune's
     `TuneReportCallback`) and `worker_resources` (see `plan_worker_resources`) are used as given;
     nothing given is changed. Each worker report carries the epoch's metrics plus `score` (the
-    best selectable epoch's `select_metric` so far) and `best_epoch`."""
+    best selectable epoch's `select_metric` so far) and `best_epoch`; with `report_placement_group`,
+    also the id of the workers' placement group (`train_placement_group`), so that whoever stops the
+    run from outside (a Tune scheduler) can release it."""
     import ray
     import ray.train
 
@@ -572,6 +582,7 @@ def run_training(
         "lines": None,
         "imputer": dict(prepared.imputer),
         "data_source": prepared.source,
+        "report_placement_group": report_placement_group,
     }
     trainer = _trainer_class()(
         _train_worker,

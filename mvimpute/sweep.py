@@ -198,7 +198,10 @@ def load_space(path: str | Path, model: str) -> SearchSpace:
 
 
 def default_space(model: str) -> Path:
-    return Path(SPACES_DIR) / f"{model}.yaml"
+    """`tune_spaces/<model>.yaml` here, else the one beside the package (a source checkout)."""
+    here = Path(SPACES_DIR) / f"{model}.yaml"
+    beside = Path(__file__).resolve().parents[1] / SPACES_DIR / f"{model}.yaml"
+    return here if here.is_file() or not beside.is_file() else beside
 
 
 # ----------------------------------------------------------------------------- resources
@@ -239,19 +242,16 @@ def plan_sweep_resources(
 # ----------------------------------------------------------------------------- one trial
 
 
-def _trial_index(trial_id: str) -> int:
-    try:
-        return int(trial_id.rsplit("_", 1)[-1])
-    except ValueError:
-        return -1
-
-
-def _maybe_fail(trial_id: str) -> None:
-    raw = os.environ.get(FAULT_ENV)
+def _maybe_fail(trial_id: str, raw: str | None) -> None:
+    """The test hook `FAULT_ENV` ("N:marker-file", read on the driver): the (N+1)-th trial to start
+    fails, once."""
     if not raw:
         return
     index, marker = raw.split(":", 1)
-    if _trial_index(trial_id) == int(index) and not os.path.exists(marker):
+    seen = Path(f"{marker}.trials")
+    seen.mkdir(parents=True, exist_ok=True)
+    (seen / trial_id).touch()
+    if len(list(seen.iterdir())) == int(index) + 1 and not os.path.exists(marker):
         Path(marker).write_text(f"trial {trial_id} failed\n")
         raise RuntimeError(f"injected failure of trial {trial_id} ({FAULT_ENV})")
 
@@ -281,7 +281,7 @@ def run_trial(config: dict, *, prepared, job: dict, sweep: dict) -> None:
         parent = tr.RunRef(**sweep["parent"])
         child = tr.start_run(
             job["mlflow"]["experiment"],
-            f"{sweep['name']}-{_trial_index(trial_id)}",
+            f"{sweep['name']}-{trial_id}",
             parent.tracking_uri,
             parent_run_id=parent.run_id,
             tags={"mvimpute.trial_id": trial_id, "mlflow.source.name": "mvimpute.tune"},
@@ -297,7 +297,7 @@ def run_trial(config: dict, *, prepared, job: dict, sweep: dict) -> None:
         )
     status = "FAILED"
     try:
-        _maybe_fail(trial_id)
+        _maybe_fail(trial_id, sweep.get("fault"))
         run_config = ray.train.RunConfig(
             name=trial_id,  # a restored sweep's trial resumes its Ray Train run from its last checkpoint
             storage_path=sweep["train_storage"],
@@ -317,6 +317,7 @@ def run_trial(config: dict, *, prepared, job: dict, sweep: dict) -> None:
             checkpoint_every=job["cluster"]["checkpoint_every"],
             tracking=child.as_dict() if child else None,
             preview_rows=0,
+            report_placement_group=True,
         )
         status = "FINISHED"
     finally:
@@ -344,8 +345,30 @@ class SweepResult:
     result_grid: object = None
 
 
+def release_placement_group(hex_id: str | None) -> bool:
+    """Remove a trial's Ray Train placement group if it is still held; True when one was removed.
+
+    Written here because a trial that Tune stops (ASHA) is killed with its Ray Train controller, and
+    Ray Train V2's own clean-up of the workers' placement group asks the State API (the dashboard),
+    which a Ray started without a dashboard lacks: the CPUs stay reserved and the next trial waits
+    for ever."""
+    if not hex_id:
+        return False
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
+    state = ray.util.placement_group_table(pg).get("state")
+    if state in (None, "REMOVED"):
+        return False
+    remove_placement_group(pg)
+    return True
+
+
 class _TrialLines:
-    """A Tune callback (runs on the driver) that prints one line per finished trial."""
+    """A Tune callback (runs on the driver): releases a finished trial's Ray Train placement group
+    if its run was stopped from outside, and prints one line per finished trial."""
 
     def __new__(cls, total: int, echo: bool):
         from ray.tune import Callback
@@ -363,10 +386,12 @@ class _TrialLines:
                 print(f"trial {self.done}/{total} {what}: {params} {text} (epoch {r.get('epoch', 0):g})", flush=True)
 
             def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+                release_placement_group((trial.last_result or {}).get("train_placement_group"))
                 if echo:
                     self._line(trial, "done" if (trial.last_result or {}).get("final") else "stopped early")
 
             def on_trial_error(self, iteration, trials, trial, **info) -> None:
+                release_placement_group((trial.last_result or {}).get("train_placement_group"))
                 if echo:
                     self._line(trial, "failed")
 
@@ -562,6 +587,7 @@ def tune_main(
             if "://" not in storage
             else f"{storage}/{sweep_name}-trials",
             "worker_resources": worker_res,
+            "fault": os.environ.get(FAULT_ENV),
         }
         job_dict = {**job.model_dump(mode="json"), "model_params": model_params}
         trainable = tune.with_resources(
@@ -599,6 +625,7 @@ def tune_main(
         model_uri = None
         if parent is not None:
             model_uri = _track_sweep(parent, job, sp, table, best)
+        _write_outputs(path, job, sp, table)
         status = "FINISHED" if grid.num_errors == 0 else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -625,10 +652,28 @@ def tune_main(
     return result
 
 
+def _plot(job: TuneJobConfig, sp: SearchSpace, table):
+    from . import plots
+
+    params = [p for p in PLOT_PARAMS.get(job.model, sp.swept()) if p in table] or sp.swept()[:4]
+    return plots.sweep_scores(table, params, "score", sp.log_scale()) if len(table) else None
+
+
+def _write_outputs(path: str, job: TuneJobConfig, sp: SearchSpace, table) -> None:
+    """The results table and the score plot in the sweep's folder too (`results.csv`, `scores.png`)."""
+    if "://" in path:
+        return
+    from . import plots
+
+    table.to_csv(Path(path) / "results.csv", index=False)
+    fig = _plot(job, sp, table)
+    if fig is not None:
+        plots.save(fig, Path(path) / "scores.png")
+
+
 def _track_sweep(parent, job: TuneJobConfig, sp: SearchSpace, table, best) -> str | None:
     """The parent run's table, plot and summary; trials stopped from outside marked KILLED; the best
     completed trial's model logged in its child run and registered with the alias."""
-    from . import plots
     from . import tracking as tr
 
     children = {r.data.tags.get("mvimpute.trial_id"): r for r in tr.child_runs(parent)}
@@ -637,8 +682,7 @@ def _track_sweep(parent, job: TuneJobConfig, sp: SearchSpace, table, best) -> st
         if run is not None and not row["completed"]:
             tr.end_if_running(tr.run_ref(parent, run.info.run_id), "KILLED")
     table["mlflow_run_id"] = [children[t].info.run_id if t in children else None for t in table["trial_id"]]
-    params = [p for p in PLOT_PARAMS.get(job.model, sp.swept()) if p in table] or sp.swept()[:4]
-    fig = plots.sweep_scores(table, params, "score", sp.log_scale()) if len(table) else None
+    fig = _plot(job, sp, table)
     summary = {"trials": len(table), "trials_completed": int(table["completed"].sum()) if len(table) else 0}
     tags = {"sweep.space": sp.path}
     uri = None

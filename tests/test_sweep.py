@@ -225,7 +225,8 @@ def test_jpvae_sweep_asha_stops_the_bad_region_and_champion_is_the_best_trial(jp
 
 @pytest.fixture(scope="module")
 def tae_sweep(ray_session, tmp_path_factory):
-    """4 TAE trials with Optuna; the sweep is stopped by a failing trial and resumed."""
+    """4 TAE trials with Optuna (FIFO: every trial runs to the end); the second trial to start fails,
+    which stops the sweep (fail_fast), and the sweep is resumed."""
     import os
 
     from mvimpute.sweep import FAULT_ENV, tune_main
@@ -252,7 +253,14 @@ def tae_sweep(ray_session, tmp_path_factory):
         "train": {"epochs": EPOCHS, "batch_size": 64, "patience": None, "lr": 3e-3},
         "cluster": {"storage_path": str(root / "ray"), "max_failures": 0},
         "mlflow": {"experiment": "sweep-test"},
-        "tune": {"space": str(space), "num_samples": 4, "search": "optuna", "name": "tae", "fail_fast": True},
+        "tune": {
+            "space": str(space),
+            "num_samples": 4,
+            "search": "optuna",
+            "name": "tae",
+            "fail_fast": True,
+            "scheduler": "fifo",
+        },
     }
     marker = root / "failed-once"
     os.environ[FAULT_ENV] = f"1:{marker}"
