@@ -10,6 +10,8 @@ On a Ray cluster (runs on the head node's driver):
 Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
     python jobs/bench.py ray-throughput --n-samples 20000 --epochs 4 --batch-size 64
     python jobs/bench.py ray-memory --sizes 20000 200000 --layouts per_view wide
+A sweep's cost per trial (one-trial sweep vs the same fit in-process, alternated):
+    python jobs/bench.py tune-trial-cost --repeats 3 --epochs 10
 Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import torch` for scale):
     python jobs/bench.py cli-startup --repeats 5
 """
@@ -77,11 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--model", default="jpvae")
     m.add_argument("--name", default="ray_memory", help="file name of the JSON/Markdown outputs")
     m.add_argument("--out", default="outputs/bench")
+    w = sub.add_parser("tune-trial-cost", help="a one-trial sweep's wall time against the same fit in-process")
+    w.add_argument("--repeats", type=int, default=3)
+    w.add_argument("--epochs", type=int, default=10)
+    w.add_argument("--model", default="jpvae")
+    w.add_argument("--threads", type=int, default=1, help="torch threads in-process (a Ray worker with 1 CPU runs 1)")
+    w.add_argument("--out", default="outputs/bench")
     c = sub.add_parser("cli-startup", help="wall time of `mvimpute --help` against `import torch`, alternated")
     c.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     if args.bench == "cli-startup":
         cli_startup(args.repeats)
+        return
+    if args.bench == "tune-trial-cost":
+        benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out)
         return
     if args.bench == "jpvae-priors":
         if args.threads:

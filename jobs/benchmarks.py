@@ -744,3 +744,82 @@ def ray_memory(
     _write(Path(out_dir), name, rows, text)
     print(text)
     return rows
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def tune_trial_cost(
+    repeats: int = 3,
+    epochs: int = 10,
+    model: str = "jpvae",
+    threads: int = 1,
+    out_dir: str | Path = "outputs/bench",
+) -> dict:
+    """A one-trial sweep (`tune_main`, FIFO, no MLflow) against the same fit in-process
+    (`MultiViewImputer.fit`, same data, model, config and validation split), alternated `repeats`
+    times. Reports the trial's own time (Tune's `time_total_s`), the sweep's end-to-end wall time
+    and the in-process fit's, with the ratios' median and spread."""
+    import ray
+    import torch
+    import yaml
+
+    from mvimpute.console import ray_init_kwargs
+    from mvimpute.sweep import tune_main
+
+    torch.set_num_threads(threads)
+    params = dict(prior="orthogonal", latent_dim=8, hidden=[128], kl_cycles=0)
+    train = dict(epochs=epochs, batch_size=64, lr=3e-3, patience=None, val_frac=0.1, seed=0)
+    data = load_dataset("digits-halves")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    space = out / "tune-trial-cost-space.yaml"
+    space.write_text(yaml.safe_dump({"train": {"lr": train["lr"]}}))  # nothing swept: the same fit
+    if not ray.is_initialized():
+        ray.init(**ray_init_kwargs())
+    rows = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        imp = MultiViewImputer(model, **params, **train, progress=False).fit(data)
+        t_in = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = tune_main(
+            {
+                "data": "digits-halves",
+                "model": model,
+                "model_params": params,
+                "train": train,
+                "cluster": {"storage_path": str((out / "ray").resolve())},
+                "mlflow": {"enabled": False},
+                "tune": {
+                    "num_samples": 1,
+                    "search": "random",
+                    "scheduler": "fifo",
+                    "name": f"cost-{r}-{time.time_ns()}",
+                },
+            },
+            space=space,
+            echo=False,
+        )
+        t_sweep = time.perf_counter() - t0
+        t_trial = float(res.result_grid[0].metrics["time_total_s"])
+        row = {
+            "repeat": r,
+            "in_process_s": t_in,
+            "trial_s": t_trial,
+            "sweep_s": t_sweep,
+            "trial_ratio": t_trial / t_in,
+            "sweep_ratio": t_sweep / t_in,
+            "in_process_best": float(min(h["val_rmse"] for h in imp.history_)),
+            "trial_score": float(res.best_score),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {}
+    for key in ("in_process_s", "trial_s", "sweep_s", "trial_ratio", "sweep_ratio"):
+        xs = np.array([row[key] for row in rows])
+        summary[key] = {"median": float(np.median(xs)), "min": float(xs.min()), "max": float(xs.max())}
+    result = {"rows": rows, "summary": summary, "epochs": epochs, "model": model, "threads": threads}
+    (out / "tune_trial_cost.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2), flush=True)
+    return result

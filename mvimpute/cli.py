@@ -13,6 +13,7 @@
     mvimpute impute --checkpoint jpvae.pt --input in.parquet --output out.parquet --id-column sample_id
     mvimpute serve --model-uri models:/mvimpute-jpvae@champion
     mvimpute train --data digits-halves --num-workers 2 --epochs 20 train.batch_size=128
+    mvimpute tune --data digits-halves --model jpvae --epochs 20 --num-samples 8
     mvimpute evaluate --data digits-halves --label label --models jpvae,tae
 
 `fit` trains in-process on the training part of a seeded split and records the split in the
@@ -511,6 +512,9 @@ def evaluate(
     typer.echo(f"{len(result.rows)} fits in {result.wall_seconds:.1f} s; wrote {result.out_dir}/")
     if result.run_id is not None:
         typer.echo(f"MLflow run {result.run_id} at {result.tracking_uri}")
+
+
+from . import cli_tune  # noqa: E402, F401  (registers `tune`; torch-free like this module)
 
 
 def command(name: str):

@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    select_metric: str = "val_rmse"  # the validation score that picks the best epoch and ranks Tune trials
 
     def __post_init__(self) -> None:
         _check_field_types(self)
@@ -150,6 +151,28 @@ class TrainJobConfig(BaseModel):
         return self.mlflow.registered_model_name or f"mvimpute-{self.model}"
 
 
+class TuneSection(BaseModel):
+    """The sweep (`mvimpute tune`): search space file, trials, search algorithm and scheduler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: str | None = None  # default: tune_spaces/<model>.yaml
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)  # default: as many as the CPUs hold with room for Ray Data
+    search: typing.Literal["optuna", "random"] = "optuna"
+    scheduler: typing.Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial runs (at least to the end of a warm-up)
+    reduction_factor: float = Field(2.0, gt=1)
+    name: str | None = None  # the sweep's folder under cluster.storage_path; default <model>-sweep-<time>
+    fail_fast: bool = False  # stop the sweep at the first failed trial (resume it with --resume)
+
+
+class TuneJobConfig(TrainJobConfig):
+    """The sweep's job config: the train job's sections plus `tune`."""
+
+    tune: TuneSection = Field(default_factory=TuneSection)
+
+
 def parse_override(item: str) -> tuple[list[str], object]:
     if "=" not in item:
         raise ValueError(f"override {item!r} must read key.path=value")
@@ -163,8 +186,11 @@ def parse_override(item: str) -> tuple[list[str], object]:
     return key.split("."), parsed
 
 
-def load_job_config(config: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> TrainJobConfig:
-    """The job config from YAML (or a dict) with `key.path=value` overrides (values parsed as YAML)."""
+def load_job_config(
+    config: str | Path | Mapping | None = None, overrides: Sequence[str] = (), kind: type[BaseModel] = TrainJobConfig
+) -> TrainJobConfig:
+    """The job config (`kind`: `TrainJobConfig`, `TuneJobConfig`) from YAML (or a dict) with
+    `key.path=value` overrides (values parsed as YAML)."""
     if config is None:
         raw: dict = {}
     elif isinstance(config, Mapping):
@@ -192,7 +218,7 @@ def load_job_config(config: str | Path | Mapping | None = None, overrides: Seque
                 raise ValueError(f"override {item!r}: {k!r} is not a section")
         node[keys[-1]] = value
     try:
-        return TrainJobConfig.model_validate(raw)
+        return kind.model_validate(raw)
     except ValidationError as err:
         parts = []
         for e in err.errors():
@@ -244,6 +270,8 @@ __all__ = [
     "MlflowSection",
     "TrainConfig",
     "TrainJobConfig",
+    "TuneJobConfig",
+    "TuneSection",
     "config_help",
     "config_keys",
     "load_job_config",

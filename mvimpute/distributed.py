@@ -1,33 +1,36 @@
 """Training under Ray Train: the in-process `TrainingLoop`, run per worker with DDP.
 
-`train_distributed` reads the data with Ray Data (a spec, an embedded data set or in-memory
-views), fits the view schema (scaling statistics) in one streaming pass, and runs a
-`TorchTrainer`: each worker wraps the model with `ray.train.torch.prepare_model` (the model's
-forward is its loss, so gradients synchronise), feeds `TrainingLoop` with batches from its shard
-of the training data, scores the same validation split as `MultiViewImputer.fit` would (a stable
-hash of the id picks it) and reports a self-describing checkpoint every `checkpoint_every`
-epochs. A worker that fails is restarted from the last checkpoint (`max_failures`); a stopped
-run is resumed by running again with the same `run_name` and `storage_path`, or from any
-checkpoint with `resume_from`.
+Three steps, each usable alone. `prepare_data` reads the data with Ray Data (a spec, an embedded
+data set or in-memory views), splits it by a stable hash of the id (the rule `MultiViewImputer.fit`
+uses too) and fits the view schema (scaling statistics) in one streaming pass — once, however many
+runs follow. `run_training` is the Ray Train runner: given prepared data and a `ray.train.RunConfig`
+(name, storage, failure policy, callbacks such as Tune's), it runs a `TorchTrainer` and changes
+nothing it is given: each worker wraps the model with `ray.train.torch.prepare_model` (the model's
+forward is its loss, so gradients synchronise), feeds `TrainingLoop` with batches from its shard of
+the training data, scores the same validation split as `fit` and reports a self-describing
+checkpoint every `checkpoint_every` epochs. `train_distributed` does both with a run config of its
+own: a worker that fails is restarted from the last checkpoint (`max_failures`); a stopped run is
+resumed by running again with the same `run_name` and `storage_path`, or from any checkpoint with
+`resume_from`.
 
-`train_main` is the `train` job: a YAML config plus overrides, tracked in MLflow.
+The `train` job (config, MLflow, registration) is `jobs_train.train_main`, importable from here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .batch import MultiViewBatch
 from .checkpoint import CHECKPOINT_FILE, checkpoint_dict, checkpoint_file, read_checkpoint, view_infos
@@ -39,10 +42,18 @@ from .data.ray_data import RayMultiView, batch_from_tensors, read_dataset
 from .data.spec import DatasetSpec, validate_spec
 from .models import MODEL_REGISTRY, build_model
 from .models.base import LIKELIHOODS, config_from_kwargs
-from .training import TrainingLoop, ValidationSet, shuffled_chunk_batches
+from .training import (
+    AFTER_FIT_ROWS,
+    VAL_SEED_OFFSET,  # noqa: F401  (kept importable here)
+    TrainingLoop,
+    ValidationSet,
+    epoch_seed,
+    make_validation_set,
+    shuffled_chunk_batches,
+    steps_per_epoch,
+)
 
 FAULT_ENV = "MVIMPUTE_FAULT_INJECT"  # "epoch:rank:marker-file" — a test hook: that worker fails once, after that epoch
-VAL_SEED_OFFSET = 7  # as in MultiViewImputer.fit
 SHUFFLE_CHUNK_ROWS = 4096  # rows a worker takes from Ray Data at once and shuffles into mini-batches
 
 
@@ -110,7 +121,7 @@ def validation_set_from_batches(
     batch = batch_from_tensors({k: a[order] for k, a in merged.items()}, views)
     if len(batch) < 2:
         return None
-    return ValidationSet.from_batch(batch, config.val_hide_frac, config.val_view_frac, config.seed + VAL_SEED_OFFSET)
+    return make_validation_set(batch, config)
 
 
 def build_validation_set(val: RayMultiView, schema: ViewSchema, config: TrainConfig) -> ValidationSet | None:
@@ -164,7 +175,7 @@ def _train_worker(config: dict) -> None:
 
     def batches(epoch: int) -> Iterable[MultiViewBatch]:
         chunks = shard.iter_torch_batches(batch_size=chunk_rows, device=device)
-        for b in shuffled_chunk_batches(chunks, cfg.batch_size, cfg.seed * 100_003 + epoch):
+        for b in shuffled_chunk_batches(chunks, cfg.batch_size, epoch_seed(cfg.seed, epoch)):
             yield batch_from_tensors(b, views)
 
     tracking = config.get("tracking")
@@ -186,20 +197,34 @@ def _train_worker(config: dict) -> None:
             "data": config["data_source"],
         }
 
+    placement = {}
+    if config.get("report_placement_group"):
+        from ray.util import get_current_placement_group
+
+        pg = get_current_placement_group()
+        placement = {"train_placement_group": pg.id.hex()} if pg is not None else {}
+
     def report(metrics: dict, save: bool, final: bool = False) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0 and save:
                 torch.save(checkpoint_dict(loop.module, schema, cfg, extra(final)), os.path.join(tmp, CHECKPOINT_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(_clean(metrics), checkpoint=checkpoint)
+            ray.train.report({**_clean(metrics), **placement}, checkpoint=checkpoint)
+
+    def selection(metrics: dict) -> dict:
+        """The run's score so far for a scheduler or a search: the best selectable epoch's score
+        (after a warm-up), else this epoch's."""
+        best = loop.result.best_score
+        now = metrics.get(cfg.select_metric if config["has_validation"] else "train_loss", float("nan"))
+        return {"score": float(best if np.isfinite(best) else now), "best_epoch": loop.result.best_epoch}
 
     def on_epoch(epoch: int, metrics: dict, improved: bool) -> None:
         if rank == 0 and tracking:
             from .tracking import log_epoch_metrics
 
             log_epoch_metrics(tracking, metrics, step=epoch + 1)
-        report(metrics, save=(epoch + 1) % every == 0 or epoch + 1 == cfg.epochs)
+        report({**metrics, **selection(metrics)}, save=(epoch + 1) % every == 0 or epoch + 1 == cfg.epochs)
         if rank == 0 and config.get("lines") is not None:
             config["lines"].put_nowait(epoch_line(metrics, cfg.epochs, improved))
         if fault and rank == fault["rank"] and epoch + 1 == fault["epoch"] and not os.path.exists(fault["marker"]):
@@ -212,10 +237,18 @@ def _train_worker(config: dict) -> None:
     if rank == 0:
         full = ray.train.get_dataset_shard("fit")
         module.after_fit(
-            lambda: (batch_from_tensors(b, views) for b in full.iter_torch_batches(batch_size=4096, device=device))
+            lambda: (
+                batch_from_tensors(b, views) for b in full.iter_torch_batches(batch_size=AFTER_FIT_ROWS, device=device)
+            )
         )
     best = loop.result
-    summary = {"epoch": loop.epoch, "final": 1.0, "best_epoch": best.best_epoch, "best_score": best.best_score}
+    summary = {
+        "epoch": loop.epoch,
+        "final": 1.0,
+        "best_epoch": best.best_epoch,
+        "best_score": best.best_score,
+        "score": best.best_score,
+    }
     report(summary, save=True, final=True)
 
 
@@ -393,6 +426,222 @@ def _fault_from_env() -> dict | None:
         raise ValueError(f"{FAULT_ENV} must read 'epoch:rank:marker-file', got {raw!r}") from None
 
 
+@dataclass(frozen=True)
+class PreparedData:
+    """A data set read, split and scaled once, ready for any number of Ray Train runs (Tune trials).
+
+    `datasets` are the tensor datasets the workers read ("train", "fit" for the pass after training,
+    "val" when there is a validation split); `val_frac` and `seed` are the split's."""
+
+    train: RayMultiView
+    val: RayMultiView | None
+    schema: ViewSchema
+    n_train: int
+    datasets: dict
+    val_frac: float
+    seed: int
+    imputer: dict
+    source: dict
+
+    def check_split(self, config: TrainConfig) -> None:
+        if (config.val_frac, config.seed) != (self.val_frac, self.seed):
+            raise ValueError(
+                f"the data were split with val_frac={self.val_frac}, seed={self.seed}; this run asks for "
+                f"val_frac={config.val_frac}, seed={config.seed}: prepare the data again"
+            )
+
+
+def _merge_choices(rmv: RayMultiView, likelihoods: Mapping | None, scalings: Mapping | None) -> RayMultiView:
+    """The data set with the given per-view likelihoods/scalings over its own (a new object)."""
+    for name, given in (("likelihoods", likelihoods), ("scalings", scalings)):
+        unknown = sorted(set(given or {}) - set(rmv.columns))
+        if unknown:
+            raise ValueError(f"{name} name unknown view(s) {unknown}; views are {rmv.view_names}")
+    for v, lk in (likelihoods or {}).items():
+        if lk not in LIKELIHOODS:
+            raise ValueError(f"view {v!r}: unknown likelihood {lk!r}; choose one of {LIKELIHOODS}")
+    return dataclasses.replace(
+        rmv,
+        likelihoods={**rmv.likelihoods, **dict(likelihoods or {})},
+        scalings={**rmv.scalings, **dict(scalings or {})},
+    )
+
+
+def prepare_data(
+    data,
+    train_config: TrainConfig | Mapping | None = None,
+    *,
+    likelihoods: Mapping[str, str] | None = None,
+    scalings: Mapping[str, str] | None = None,
+    schema: ViewSchema | None = None,
+    n_train: int | None = None,
+    num_partitions: int | None = None,
+    materialize: bool = False,
+) -> PreparedData:
+    """Read `data` (spec, embedded name, `MultiViewData` or `RayMultiView`), split it by the id hash
+    (`train_config.val_frac`, `.seed`) and fit the schema on the training rows — once.
+
+    `schema` (with `n_train`), e.g. a checkpoint's, is used instead of fitting one. `materialize`
+    keeps the scaled tensor datasets in Ray's object store, so that many runs (a sweep's trials)
+    read them without reading or scaling the data again. Nothing given is changed. Bad data (±Inf,
+    empty rows, non-numeric values) is a `ValueError` naming the view and column."""
+    cfg = _train_config(train_config)
+    rmv = _merge_choices(read_dataset(data, num_partitions=num_partitions), likelihoods, scalings)
+    if rmv.source.get("joined"):
+        rmv = dataclasses.replace(rmv, dataset=rmv.dataset.materialize())  # the id join runs once
+    train, val = rmv.split(cfg.val_frac, cfg.seed)
+    if schema is not None and schema.columns != rmv.columns:
+        raise ValueError("the given schema was fitted on other views/columns than this data set")
+    if schema is None or n_train is None:
+        fitted, n_train = train.fit_schema()  # validates the data (±Inf, empty rows, non-numeric)
+        schema = schema or fitted
+    has_val = cfg.val_frac > 0
+    datasets = {"train": train.tensor_dataset(schema)}
+    if has_val:
+        datasets["val"] = val.tensor_dataset(schema, with_id=True)
+    if materialize:
+        datasets = {k: ds.materialize() for k, ds in datasets.items()}
+    datasets["fit"] = datasets["train"]
+    for ds in datasets.values():
+        # workers re-read their shard every epoch: Ray Data's bars would print a screenful per epoch
+        # through the driver's log, so these datasets run without them; rank 0 prints a line per epoch
+        ds.context.enable_progress_bars = False
+    return PreparedData(
+        train=train,
+        val=val if has_val else None,
+        schema=schema,
+        n_train=int(n_train),
+        datasets=datasets,
+        val_frac=cfg.val_frac,
+        seed=cfg.seed,
+        imputer={"likelihoods": dict(rmv.likelihoods), "scalings": dict(rmv.scalings)},
+        source=json.loads(json.dumps(rmv.source, default=str)),
+    )
+
+
+def check_run_request(model: str, model_params: Mapping | None, train_config, num_workers: int = 1) -> tuple:
+    """(model_params, TrainConfig) checked: unknown model or field names are `ValueError`s naming them."""
+    if model not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
+    model_params = dict(model_params or {})
+    config_from_kwargs(MODEL_REGISTRY[model].config_class, model_params, model)
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be ≥ 1, got {num_workers}")
+    return model_params, _train_config(train_config)
+
+
+def run_training(
+    prepared: PreparedData,
+    model: str,
+    model_params: Mapping,
+    train_config: TrainConfig,
+    *,
+    run_config,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    worker_resources: Mapping[str, float] | None = None,
+    checkpoint_every: int = 1,
+    resume_from: str | Path | None = None,
+    tracking: Mapping | None = None,
+    fault: Mapping | None = None,
+    preview_rows: int = 8,
+    echo: bool = False,
+    report_placement_group: bool = False,
+) -> DistributedResult:
+    """The Ray Train runner: one `TorchTrainer` run of `model` on `prepared` data.
+
+    `run_config` (a `ray.train.RunConfig`: name, storage, failure policy, callbacks such as Tune's
+    `TuneReportCallback`) and `worker_resources` (see `plan_worker_resources`) are used as given;
+    nothing given is changed. Each worker report carries the epoch's metrics plus `score` (the
+    best selectable epoch's `select_metric` so far) and `best_epoch`; with `report_placement_group`,
+    also the id of the workers' placement group (`train_placement_group`), so that whoever stops the
+    run from outside (a Tune scheduler) can release it."""
+    import ray
+    import ray.train
+
+    prepared.check_split(train_config)
+    cfg = train_config
+    build_model(model, view_infos(prepared.schema), **model_params)  # fails here, not in a worker
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
+    has_val = "val" in prepared.datasets
+    loop_config = {
+        "model": model,
+        "model_params": dict(model_params),
+        "train_config": asdict(cfg),
+        "schema": prepared.schema.state(),
+        "use_gpu": use_gpu,
+        "has_validation": has_val,
+        "steps_per_epoch": steps_per_epoch(prepared.n_train, cfg.batch_size, num_workers),
+        "n_train": prepared.n_train,
+        "checkpoint_every": checkpoint_every,
+        "resume_from": str(checkpoint_file(resume_from)) if resume_from is not None else None,
+        "tracking": dict(tracking) if tracking else None,
+        "fault": dict(fault) if fault else None,
+        "run_name": run_config.name,
+        "lines": None,
+        "imputer": dict(prepared.imputer),
+        "data_source": prepared.source,
+        "report_placement_group": report_placement_group,
+    }
+    trainer = _trainer_class()(
+        _train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=dict(worker_resources) if worker_resources else None,
+        ),
+        run_config=run_config,
+        datasets=dict(prepared.datasets),
+        # one worker reads the whole training set: no split, so no SplitCoordinator actor between it and the data
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if num_workers > 1 else []),
+    )
+    run_name, storage = run_config.name, str(run_config.storage_path)
+    with _EpochLines(echo) as lines:
+        loop_config["lines"] = lines.queue
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_name, storage) from None
+        except ray.exceptions.RayActorError as err:  # Ray Train's own Ctrl-C handler kills the controller
+            if _sigint_seen():
+                raise RunInterrupted(run_name, storage) from None
+            raise RuntimeError(f"run {run_name!r}: the Ray Train controller died ({err})") from None
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
+    ckpt_dir = Path(result.checkpoint.path)
+    if not (ckpt_dir / CHECKPOINT_FILE).is_file():  # remote storage: bring the final checkpoint here
+        ckpt_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="mvimpute-ckpt-")))
+    state = _load_state(ckpt_dir)
+    preview = None
+    if prepared.val is not None and preview_rows > 0:
+        val = prepared.val
+        preview = RayMultiView(
+            val.dataset.limit(preview_rows), val.id_column, val.columns, prepared.schema.likelihoods
+        ).to_multiview()
+        if preview.n_samples == 0:
+            preview = None
+    return DistributedResult(
+        checkpoint_path=ckpt_dir,
+        history=list(state.get("history", [])),
+        best_epoch=int(state["loop"]["best_epoch"]),
+        run_name=run_name,
+        storage_path=storage,
+        schema=ViewSchema.from_state(state["schema"]),
+        model=model,
+        attempts=list(state.get("attempts", [])),
+        preview=preview,
+        ray_result=result,
+    )
+
+
+def storage_uri(storage_path: str | Path | None) -> str:
+    """A storage path for Ray (local paths made absolute: workers run in other directories)."""
+    storage = str(storage_path or DEFAULT_STORAGE)
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
 def train_distributed(
     data,
     model: str = "jpvae",
@@ -415,10 +664,11 @@ def train_distributed(
     wait_for_resources: bool = False,
     echo: bool = False,
 ) -> DistributedResult:
-    """Train `model` on `data` with Ray Train (DDP over `num_workers` workers).
+    """Train `model` on `data` with Ray Train (DDP over `num_workers` workers): `prepare_data` then
+    `run_training` with a run config of its own.
 
     `data`: a dataset spec (YAML path, dict or `DatasetSpec`), an embedded data set name
-    (`digits-halves`, `synthetic-omics`), a `MultiViewData` or a `RayMultiView`.
+    (`digits-halves`, `synthetic-omics`), a `MultiViewData`, a `RayMultiView` or a `PreparedData`.
     `run_name` + `storage_path` name the run's folder: running again with the name of a stopped
     run resumes it from its last checkpoint. `resume_from` (a checkpoint file or directory, e.g.
     from another run) starts from that checkpoint's weights, optimiser state and epoch, with its
@@ -434,13 +684,7 @@ def train_distributed(
     import ray
     import ray.train
 
-    if model not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
-    model_params = dict(model_params or {})
-    config_from_kwargs(MODEL_REGISTRY[model].config_class, model_params, model)
-    cfg = _train_config(train_config)
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be ≥ 1, got {num_workers}")
+    model_params, cfg = check_run_request(model, model_params, train_config, num_workers)
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
     fault = _fault_from_env()
@@ -462,238 +706,69 @@ def train_distributed(
     worker_resources = plan_worker_resources(
         num_workers, use_gpu, resources_per_worker, ray.cluster_resources(), wait_for_resources
     )
-    rmv = read_dataset(data, num_partitions=num_partitions)
-    for name, given in (("likelihoods", likelihoods), ("scalings", scalings)):
-        unknown = sorted(set(given or {}) - set(rmv.columns))
-        if unknown:
-            raise ValueError(f"{name} name unknown view(s) {unknown}; views are {rmv.view_names}")
-    for v, lk in (likelihoods or {}).items():
-        if lk not in LIKELIHOODS:
-            raise ValueError(f"view {v!r}: unknown likelihood {lk!r}; choose one of {LIKELIHOODS}")
-    rmv.likelihoods = {**rmv.likelihoods, **dict(likelihoods or {})}
-    rmv.scalings = {**rmv.scalings, **dict(scalings or {})}
-    if rmv.source.get("joined"):
-        rmv.dataset = rmv.dataset.materialize()  # the id join runs once, not once per epoch
-
-    train, val = rmv.split(cfg.val_frac, cfg.seed)
-    n_train = (resume_state or {}).get("distributed", {}).get("n_train")
-    if resume_state is None or n_train is None:
-        schema, n_train = train.fit_schema()  # validates the data (±Inf, empty rows, non-numeric) before training
-    if resume_state is not None:  # the checkpoint's scaling, so that the weights see the data they were trained on
-        schema = ViewSchema.from_state(resume_state["schema"])
-        if schema.columns != rmv.columns:
-            raise ValueError("resume_from was trained on other views/columns than this data set")
-    build_model(model, view_infos(schema), **model_params)  # fails here, not in a worker
-
-    has_val = cfg.val_frac > 0
-    datasets = {"train": train.tensor_dataset(schema), "fit": train.tensor_dataset(schema)}
-    if has_val:
-        datasets["val"] = val.tensor_dataset(schema, with_id=True)
-    for ds in datasets.values():
-        # workers re-read their shard every epoch: Ray Data's bars would print a screenful per epoch
-        # through the driver's log, so these datasets run without them; rank 0 prints a line per epoch
-        ds.context.enable_progress_bars = False
-    run_name = run_name or f"{model}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
-    storage = str(storage_path or DEFAULT_STORAGE)
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    steps = max(1, -(-n_train // (num_workers * cfg.batch_size)))
-    loop_config = {
-        "model": model,
-        "model_params": model_params,
-        "train_config": asdict(cfg),
-        "schema": schema.state(),
-        "use_gpu": use_gpu,
-        "has_validation": has_val,
-        "steps_per_epoch": steps,
-        "n_train": int(n_train),
-        "checkpoint_every": checkpoint_every,
-        "resume_from": str(checkpoint_file(resume_from)) if resume_from is not None else None,
-        "tracking": dict(tracking) if tracking else None,
-        "fault": fault,
-        "run_name": run_name,
-        "lines": None,
-        "imputer": {"likelihoods": dict(rmv.likelihoods), "scalings": dict(rmv.scalings)},
-        "data_source": json.loads(json.dumps(rmv.source, default=str)),
-    }
-    trainer = _trainer_class()(
-        _train_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker=worker_resources,
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3),
-        ),
-        datasets=datasets,
-        # one worker reads the whole training set: no split, so no SplitCoordinator actor between it and the data
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if num_workers > 1 else []),
-    )
-    with _EpochLines(echo) as lines:
-        loop_config["lines"] = lines.queue
+    if isinstance(data, PreparedData):
+        prepared = data
+    else:
+        schema = n_train = None
+        if resume_state is not None:  # the checkpoint's scaling, so that the weights see the data they were trained on
+            schema = ViewSchema.from_state(resume_state["schema"])
+            n_train = resume_state.get("distributed", {}).get("n_train")
         try:
-            result = trainer.fit()
-        except KeyboardInterrupt:
-            raise RunInterrupted(run_name, storage) from None
-        except ray.exceptions.RayActorError as err:  # Ray Train's own Ctrl-C handler kills the controller
-            if _sigint_seen():
-                raise RunInterrupted(run_name, storage) from None
-            raise RuntimeError(f"run {run_name!r}: the Ray Train controller died ({err})") from None
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
-    ckpt_dir = Path(result.checkpoint.path)
-    if not (ckpt_dir / CHECKPOINT_FILE).is_file():  # remote storage: bring the final checkpoint here
-        ckpt_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="mvimpute-ckpt-")))
-    state = _load_state(ckpt_dir)
-    preview = None
-    if has_val and preview_rows > 0:
-        preview = RayMultiView(
-            val.dataset.limit(preview_rows), val.id_column, val.columns, schema.likelihoods
-        ).to_multiview()
-        if preview.n_samples == 0:
-            preview = None
-    return DistributedResult(
-        checkpoint_path=ckpt_dir,
-        history=list(state.get("history", [])),
-        best_epoch=int(state["loop"]["best_epoch"]),
-        run_name=run_name,
+            prepared = prepare_data(
+                data,
+                cfg,
+                likelihoods=likelihoods,
+                scalings=scalings,
+                schema=schema,
+                n_train=n_train,
+                num_partitions=num_partitions,
+            )
+        except ValueError as err:
+            if resume_state is not None and "schema was fitted on other" in str(err):
+                raise ValueError("resume_from was trained on other views/columns than this data set") from None
+            raise
+    storage = storage_uri(storage_path)
+    run_config = ray.train.RunConfig(
+        name=run_name or f"{model}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}",
         storage_path=storage,
-        schema=ViewSchema.from_state(state["schema"]),
-        model=model,
-        attempts=list(state.get("attempts", [])),
-        preview=preview,
-        ray_result=result,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3),
+    )
+    return run_training(
+        prepared,
+        model,
+        model_params,
+        cfg,
+        run_config=run_config,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        worker_resources=worker_resources,
+        checkpoint_every=checkpoint_every,
+        resume_from=resume_from,
+        tracking=tracking,
+        fault=fault,
+        preview_rows=preview_rows,
+        echo=echo,
     )
 
 
-# ----------------------------------------------------------------------------- the train job
-
-
-@dataclass
-class TrainJobResult:
-    run_id: str | None
-    model_uri: str | None
-    checkpoint_path: Path
-    result: DistributedResult
-
-
-def train_main(
-    config: str | Path | Mapping | None = None,
-    overrides: Sequence[str] = (),
-    *,
-    data: str | None = None,
-    num_workers: int | None = None,
-    use_gpu: bool | None = None,
-    run_name: str | None = None,
-    resume_from: str | None = None,
-    tracking_uri: str | None = None,
-    registered_model_name: str | None = None,
-    tracking: bool | None = None,
-    echo: bool = True,
-) -> TrainJobResult:
-    """The `train` job: config YAML + overrides → Ray Train run → MLflow run + registered model.
-
-    Keyword arguments override the config (they are the command line's flags). With `echo`,
-    prints one line per epoch and a summary (best epoch and score, MLflow run id, model URI).
-    Ctrl-C stops the run (`RunInterrupted`), marks the MLflow run KILLED and keeps the checkpoints.
-    """
-    items = list(overrides)
-    for key, value in (
-        ("data", data),
-        ("cluster.num_workers", num_workers),
-        ("cluster.use_gpu", use_gpu),
-        ("run_name", run_name),
-        ("resume_from", resume_from),
-        ("mlflow.tracking_uri", tracking_uri),
-        ("mlflow.registered_model_name", registered_model_name),
-        ("mlflow.enabled", tracking),
-    ):
-        if value is not None:
-            items.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
-    job = load_job_config(config, items)
-    if job.data.endswith((".yaml", ".yml")):
-        from .data.spec import validate_spec
-
-        validate_spec(job.data)  # a bad spec fails before an MLflow run or a Ray cluster is touched
-    if job.resume_from is not None:
-        from .checkpoint import read_checkpoint
-
-        try:  # a damaged checkpoint fails before an MLflow run is created or Ray starts
-            read_checkpoint(job.resume_from, what="resume_from")
-        except FileNotFoundError as err:
-            raise ValueError(str(err)) from None
-
-    run = None
-    if job.mlflow.enabled:
-        from . import tracking as tr
-
-        run = tr.start_run(job.mlflow.experiment, job.run_name, job.mlflow.tracking_uri)
-        tr.log_config(run, job.model_dump(mode="json"))
-    status = "FAILED"
-    try:
-        result = train_distributed(
-            job.data,
-            job.model,
-            job.model_params,
-            job.train,
-            num_workers=job.cluster.num_workers,
-            use_gpu=job.cluster.use_gpu,
-            resources_per_worker=job.cluster.resources_per_worker,
-            checkpoint_every=job.cluster.checkpoint_every,
-            storage_path=job.cluster.storage_path,
-            run_name=job.run_name,
-            resume_from=job.resume_from,
-            max_failures=job.cluster.max_failures,
-            likelihoods=job.likelihoods,
-            scalings=job.scalings,
-            tracking=run.as_dict() if run else None,
-            wait_for_resources=job.cluster.wait_for_resources,
-            echo=echo,
-        )
-        model_uri = None
-        if run is not None:
-            model_uri = tr.log_training_outputs(
-                run,
-                result,
-                registered_model_name=job.registered_model_name,
-                n_draws=job.mlflow.n_draws,
-                alias=job.mlflow.alias,
-            )
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        if run is not None:
-            tr.end_run(run, status)
-    if echo:
-        for line in summary_lines(result, run.run_id if run else None, model_uri, run.tracking_uri if run else None):
-            print(line, flush=True)
-    return TrainJobResult(run.run_id if run else None, model_uri, result.checkpoint_path, result)
-
-
-def summary_lines(result: DistributedResult, run_id: str | None, model_uri: str | None, tracking_uri: str | None):
-    """The final summary of a train run: best epoch and score, run id, model URI, checkpoint."""
-    best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
-    key = next((k for k in ("val_crps", "val_rmse", "train_loss") if k in best), None)
-    score = f"{key} {best[key]:.4g}" if key else "no score"
-    yield f"best epoch {result.best_epoch} of {len(result.history)} ({score})"
-    yield f"MLflow run {run_id or '-'}" + (f" at {tracking_uri}" if run_id else " (tracking off)")
-    yield f"model URI {model_uri or '-'}"
-    yield f"checkpoint {result.checkpoint_path}"
-
+# the train job lives in `jobs_train`; its names stay importable from here
+from .jobs_train import TrainJobResult, summary_lines, train_main  # noqa: E402
 
 __all__ = [
     "DistributedResult",
+    "PreparedData",
+    "ResourceRequestError",
+    "RunInterrupted",
     "TrainJobConfig",
     "TrainJobResult",
     "build_validation_set",
+    "epoch_line",
     "load_job_config",
+    "plan_worker_resources",
+    "prepare_data",
+    "run_training",
+    "summary_lines",
     "train_distributed",
     "train_main",
     "validation_set_from_batches",

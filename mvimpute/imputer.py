@@ -16,7 +16,16 @@ from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
 from .models import MODEL_REGISTRY, build_model
 from .models.base import config_from_kwargs
-from .training import TrainConfig, TrainingLoop, ValidationSet, resolve_device, shuffled_batches
+from .training import (
+    AFTER_FIT_ROWS,
+    TrainConfig,
+    TrainingLoop,
+    holdout_rows,
+    make_validation_set,
+    resolve_device,
+    shuffled_batches,
+    steps_per_epoch,
+)
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 CHUNK = 4096
@@ -75,26 +84,26 @@ class MultiViewImputer:
         for v, a in data.views.items():  # before the split: a huge value in the validation rows overflows too
             check_magnitude(v, a, data.columns[v])
         device = resolve_device(cfg.device)
-        rng = np.random.default_rng(cfg.seed)
         if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:
-            perm = rng.permutation(data.n_samples)
-            n_val = max(2, int(round(cfg.val_frac * data.n_samples)))
-            train, val = data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+            # the same rows, in the same order, as the Ray Train runner holds out (a hash of the id)
+            train_rows, val_rows = holdout_rows(data.index, cfg.val_frac, cfg.seed)
+            train, val = data.subset(train_rows), (data.subset(val_rows) if len(val_rows) >= 2 else None)
         else:
             train, val = data, (as_multiview(validation) if validation is not None else None)
+        self.validation_index_ = None if val is None else np.asarray(val.index)
         self.schema_ = ViewSchema.fit(train, self.scalings)
         self.model_ = build_model(self.model_name, view_infos(self.schema_), **self.model_params).to(device)
         train_batch = self.schema_.to_batch(train)
         val_set = None
         if val is not None:
             val_batch = self.schema_.to_batch(self.schema_.check(val))
-            val_set = ValidationSet.from_batch(val_batch, cfg.val_hide_frac, cfg.val_view_frac, cfg.seed + 7)
+            val_set = make_validation_set(val_batch, cfg)
         loop = TrainingLoop(self.model_, cfg, device)
-        steps = max(1, -(-len(train_batch) // cfg.batch_size))
+        steps = steps_per_epoch(len(train_batch), cfg.batch_size)
         t0 = time.perf_counter()
         result = loop.run(shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set, on_epoch=on_epoch)
         self.model_.eval()
-        self.model_.after_fit(lambda: (b.to(device) for b in shuffled_batches(train_batch, CHUNK, 0)(0)))
+        self.model_.after_fit(lambda: (b.to(device) for b in shuffled_batches(train_batch, AFTER_FIT_ROWS, 0)(0)))
         self.fit_seconds_ = time.perf_counter() - t0
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch

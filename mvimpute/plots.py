@@ -123,6 +123,38 @@ def latent_cross_correlation(model):
     return fig
 
 
+def sweep_scores(table, params: list[str], metric: str = "score", log_params: tuple[str, ...] = ()):
+    """A sweep's score against each swept parameter (one panel each): completed trials as dots, trials
+    their scheduler stopped early as crosses, the champion ringed. `table` is the sweep's results
+    table (a DataFrame with `params`, `metric`, `completed`, `champion` columns)."""
+    plt = _plt()
+    params = list(params) or ["trial"]
+    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
+    done = table["completed"].astype(bool).to_numpy()
+    best = table["champion"].astype(bool).to_numpy()
+    y = table[metric].to_numpy(dtype=float)
+    for ax, p in zip(axes[0], params, strict=True):
+        raw = table[p] if p in table else table.index.to_series()
+        numeric = np.issubdtype(np.asarray(raw).dtype, np.number)
+        if numeric:
+            x = np.asarray(raw, dtype=float)
+        else:
+            cats = sorted(map(str, set(raw)))
+            x = np.array([cats.index(str(v)) for v in raw], dtype=float)
+            ax.set_xticks(range(len(cats)), cats)
+        ax.scatter(x[done], y[done], s=28, label="completed")
+        if (~done).any():
+            ax.scatter(x[~done], y[~done], marker="x", s=28, label="stopped early")
+        if best.any():
+            ax.scatter(x[best], y[best], s=140, facecolors="none", edgecolors="k", label="champion")
+        if numeric and p in log_params:
+            ax.set_xscale("log")
+        ax.set(xlabel=p.split(".")[-1], ylabel=metric)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path) -> None:
     fig.savefig(path, dpi=110)
     _plt().close(fig)

@@ -82,15 +82,26 @@ def _experiment(client: MlflowClient, name: str, embedded: bool) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def start_run(experiment: str = "mvimpute", run_name: str | None = None, tracking_uri: str | None = None) -> RunRef:
-    """Start an MLflow run (creating the experiment if needed) and point mlflow at its store."""
+def start_run(
+    experiment: str = "mvimpute",
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> RunRef:
+    """Start an MLflow run (creating the experiment if needed) and point mlflow at its store;
+    `parent_run_id` makes it a child run (a sweep's trial)."""
     given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri)
     exp_id = _experiment(client, experiment, embedded=not given)
-    run = client.create_run(exp_id, run_name=run_name, tags={"mlflow.source.name": "mvimpute.train"})
+    all_tags = {"mlflow.source.name": "mvimpute.train", **dict(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
     return RunRef(uri, run.info.run_id, exp_id)
 
 
@@ -408,8 +419,54 @@ def log_evaluation(
     return run
 
 
+# ----------------------------------------------------------------------------- sweeps
+
+
+def child_runs(parent: RunRef) -> list:
+    """The child runs of `parent` (MLflow `Run` objects), oldest first."""
+    client = parent.client
+    return list(
+        reversed(
+            client.search_runs(
+                [parent.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                max_results=10_000,
+            )
+        )
+    )
+
+
+def run_ref(parent: RunRef, run_id: str) -> RunRef:
+    """Another run of the same store and experiment as `parent`."""
+    return RunRef(parent.tracking_uri, run_id, parent.experiment_id)
+
+
+def log_sweep_outputs(parent: RunRef, table, figure, summary: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """A sweep's results on its parent run: the table (`sweep/results.csv`), the score plot
+    (`sweep/scores.png`), summary metrics and tags (the champion trial)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "results.csv"
+        table.to_csv(path, index=False)
+        parent.client.log_artifact(parent.run_id, str(path), "sweep")
+    if figure is not None:
+        log_figure(parent, figure, "sweep/scores.png")
+    log_epoch_metrics(parent, summary, step=0)
+    for k, v in tags.items():
+        parent.client.set_tag(parent.run_id, k, str(v))
+
+
+def end_if_running(run: RunRef, status: str = "KILLED") -> None:
+    """Mark a run that was stopped from outside (a trial its scheduler ended) as ended."""
+    if run.client.get_run(run.run_id).info.status == "RUNNING":
+        end_run(run, status)
+
+
 __all__ = [
     "CHAMPION",
+    "child_runs",
+    "end_if_running",
+    "log_sweep_outputs",
+    "run_ref",
     "DEFAULT_TRACKING_URI",
     "MultiViewPyfunc",
     "RunRef",

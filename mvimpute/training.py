@@ -83,6 +83,9 @@ class TrainResult:
 class TrainingLoop:
     """Adam + gradient clipping + early stopping on the validation score; restores the best weights.
 
+    The score is `config.select_metric`; epochs that end before `selection_start(model)` (a warm-up,
+    e.g. TAE's `warmup_end`) are never picked as the best and do not count towards `patience`.
+
     `model` may be wrapped (DistributedDataParallel): it is called, never its `.loss`.
     `reduce_metrics`, when given, maps each epoch's metrics before they are used (distributed runs
     average the training losses over workers and take rank 0's validation score, so that every
@@ -104,6 +107,7 @@ class TrainingLoop:
         self.best_state: dict | None = None
         self.epoch = 0
         self.bad_epochs = 0
+        self.select_after = selection_start(self.module)
 
     def state_dict(self) -> dict:
         return {
@@ -177,14 +181,20 @@ class TrainingLoop:
                 metrics = self.reduce_metrics(metrics)
                 score = metrics["train_loss"]
             if val is not None:
-                score = metrics["val_rmse"]
+                if cfg.select_metric not in metrics:
+                    raise ValueError(
+                        f"select_metric {cfg.select_metric!r} is not a validation score; scores are "
+                        f"{sorted(k for k in metrics if k.startswith('val_'))}"
+                    )
+                score = metrics[cfg.select_metric]
             metrics["epoch"] = epoch + 1  # epochs are numbered from 1 wherever a person sees them
-            improved = score < self.result.best_score
-            if improved or not np.isfinite(self.result.best_score):
+            eligible = (epoch + 1) / cfg.epochs >= self.select_after - 1e-9
+            improved = eligible and score < self.result.best_score
+            if improved or (eligible and not np.isfinite(self.result.best_score)):
                 self.result.best_score, self.result.best_epoch = score, epoch + 1
                 self.best_state = copy.deepcopy(self.module.state_dict())
                 self.bad_epochs = 0
-            else:
+            elif eligible:
                 self.bad_epochs += 1
             self.result.history.append(metrics)
             self.epoch = epoch + 1
@@ -205,7 +215,7 @@ def shuffled_batches(batch: MultiViewBatch, batch_size: int, seed: int) -> Calla
     n = len(batch)
 
     def batches(epoch: int) -> Iterable[MultiViewBatch]:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             rows = perm[i : i + batch_size]
@@ -240,3 +250,44 @@ def shuffled_chunk_batches(
         carry = {k: v[perm[full:]] for k, v in chunk.items()} if full < n else None
     if carry is not None and len(next(iter(carry.values()))) >= 2:  # a single row gives no batch statistics
         yield carry
+
+
+# ----------------------------------------------------------------------------- one setup for every runner
+
+VAL_SEED_OFFSET = 7  # the validation set's hiding seed is the training seed + this
+AFTER_FIT_ROWS = 4096  # rows per batch of the pass over the training data after training (`after_fit`)
+
+
+def selection_start(model) -> float:
+    """The share of training before which no epoch is selected: the end of the model's warm-up
+    (`warmup_end` in its config, TAE's γ ramp), else 0. `model`: a model or a model config."""
+    config = getattr(model, "config", model)
+    return float(getattr(config, "warmup_end", 0.0) or 0.0)
+
+
+def holdout_rows(ids, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of every runner: the stable hash of each id (as a string) picks
+    the validation rows (`data.ray_data.is_validation`, as Ray Data's streamed split does), and the
+    validation rows come in the order of their ids as strings (the order the Ray Train runner sorts
+    them into), so that both runners hide the same entries."""
+    from .data.ray_data import is_validation
+
+    keys = np.asarray([str(i) for i in ids], dtype=object)
+    val = is_validation(keys, val_frac, seed)
+    train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)
+    return train_rows, val_rows[np.argsort(keys[val_rows].astype(str), kind="stable")]
+
+
+def make_validation_set(batch: MultiViewBatch, config: TrainConfig) -> ValidationSet:
+    """The self-supervised validation set of `batch` (rows in the order `holdout_rows` gives them)."""
+    return ValidationSet.from_batch(batch, config.val_hide_frac, config.val_view_frac, config.seed + VAL_SEED_OFFSET)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, num_workers: int = 1) -> int:
+    """Optimiser steps per epoch: the training rows in batches of `batch_size` on each of `num_workers`."""
+    return max(1, -(-int(n_train) // (num_workers * batch_size)))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's shuffle (both runners)."""
+    return seed * 100_003 + epoch

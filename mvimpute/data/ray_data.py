@@ -5,8 +5,9 @@ join): a sample missing from a view's table gets that whole view missing. AnnDat
 files, MuData modalities) enter the same join as Ray Datasets of row ranges read by tasks
 (`omics.read_view`). The aligned dataset has the id column (as strings) and one float column
 per feature, named `view:column`. Scaling statistics (and, where not given, the likelihood) come
-from one streaming pass of a Ray Data aggregation over the training rows: nothing but per-column
-moments reaches the driver.
+from one streaming pass over the training rows: each Ray Data task turns a batch into its
+per-column moments and the driver merges them, so nothing but moments reaches the driver and no
+process holds more than a batch.
 """
 
 from __future__ import annotations
@@ -195,33 +196,31 @@ class _Moments:
         return cls.pack(f, ra + rb, ea + eb)
 
 
-def multiview_moments(columns: list[str]):
-    """A Ray Data aggregation of per-column moments over `columns`, in one streaming pass."""
-    from ray.data.aggregate import AggregateFnV2
-    from ray.data.block import BlockAccessor
+class _BlockMoments:
+    """Pandas batch → one row holding its moments (`_Moments.of_block`) over `columns`.
 
+    A map rather than Ray Data's `aggregate`: an aggregation runs as a hash shuffle whose single
+    partition gathers the blocks and grows with the rows, while each of these tasks holds one batch
+    and emits one small row; the driver merges the rows as they stream in (`moments`)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+
+    def __call__(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        acc = _Moments.of_block(df[self.columns].to_numpy(dtype=np.float64, na_value=np.nan))
+        return {"moments": np.asarray(acc, dtype=np.float64)[None, :]}
+
+
+def moments(dataset, columns: list[str], batch_size: int = 4096) -> list[float]:
+    """Per-column moments of `columns` over a streamed Ray Dataset in memory that does not grow with
+    the rows: per-batch partial moments in Ray Data tasks, merged on the driver (Chan et al.)."""
     d = len(columns)
-
-    class MultiViewMoments(AggregateFnV2):
-        def __init__(self) -> None:
-            super().__init__("multiview_moments", zero_factory=lambda: _Moments.zero(d), on=None, ignore_nulls=True)
-
-        def aggregate_block(self, block):
-            df = BlockAccessor.for_block(block).to_pandas()
-            return _Moments.of_block(df[columns].to_numpy(dtype=np.float64, na_value=np.nan))
-
-        def combine(self, current, new):
-            return _Moments.combine(current, new, d)
-
-        def finalize(self, acc):
-            return acc
-
-        def output_field(self, input_schema):
-            import pyarrow as pa
-
-            return pa.field(self.name, pa.list_(pa.float64()))
-
-    return MultiViewMoments()
+    acc = _Moments.zero(d)
+    parts = dataset.map_batches(_BlockMoments(columns), batch_format="pandas", batch_size=batch_size)
+    for batch in parts.iter_batches(batch_size=64, batch_format="numpy"):
+        for row in np.asarray(batch["moments"]).reshape(-1, len(acc)):
+            acc = _Moments.combine(acc, row.tolist(), d)
+    return acc
 
 
 def _infer_likelihood(mn: np.ndarray, mx: np.ndarray, nonint: np.ndarray, count: np.ndarray) -> str:
@@ -276,13 +275,12 @@ class RayMultiView:
         missing are `ValueError`s naming the view and column."""
         cols = self.feature_columns
         try:
-            out = self.dataset.aggregate(multiview_moments(cols))
+            acc = moments(self.dataset, cols)
         except Exception as err:  # a read or conversion error surfaces here, before training
             raise ValueError(
                 f"cannot read the data set {self.source.get('name', '')!r}: {_root_message(err)}"
             ) from None
-        acc = out["multiview_moments"]
-        f, rows, empty = _Moments.unpack(acc if acc is not None else _Moments.zero(len(cols)), len(cols))
+        f, rows, empty = _Moments.unpack(acc, len(cols))
         if rows == 0:
             raise ValueError("the data set has no rows")
         bad = np.flatnonzero(f["inf"] > 0)
@@ -448,7 +446,7 @@ __all__ = [
     "RayMultiView",
     "batch_from_tensors",
     "is_validation",
-    "multiview_moments",
+    "moments",
     "qualified",
     "read_dataset",
     "read_spec",
