@@ -10,6 +10,10 @@ On a Ray cluster (runs on the head node's driver):
 Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
     python jobs/bench.py ray-throughput --n-samples 20000 --epochs 4 --batch-size 64
     python jobs/bench.py ray-memory --sizes 20000 200000 --layouts per_view wide
+Serving and batch imputation (loopback only, bounded request counts; docs/serving.md):
+    python jobs/bench.py serve-latency --repeats 3 --requests 160
+    python jobs/bench.py serve-load --users 16 --requests 2000
+    python jobs/bench.py batch-throughput --rows 50000 --repeats 3
 """
 
 from __future__ import annotations
@@ -73,7 +77,38 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--model", default="jpvae")
     m.add_argument("--name", default="ray_memory", help="file name of the JSON/Markdown outputs")
     m.add_argument("--out", default="outputs/bench")
+    sl = sub.add_parser("serve-latency", help="endpoint req/s, p50/p99: batched vs not, point vs draws, no-op, raw")
+    sl.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    sl.add_argument("--repeats", type=int, default=3)
+    sl.add_argument("--requests", type=int, default=160, help="requests per cell and repeat")
+    sl.add_argument("--rows-requests", type=int, default=12, help="1,000-row requests per repeat")
+    sl.add_argument("--checkpoint", default=None, help="default: train the demo's JPVAE for 5 epochs")
+    sl.add_argument("--out", default="outputs/bench")
+    lo = sub.add_parser("serve-load", help="bounded locust headless run on loopback: error count")
+    lo.add_argument("--users", type=int, default=16)
+    lo.add_argument("--requests", type=int, default=2000, help="requests in all; the run stops after them")
+    lo.add_argument("--run-time", type=int, default=60, help="upper bound, seconds")
+    lo.add_argument("--kind", choices=["point", "draws"], default="point")
+    lo.add_argument("--checkpoint", default=None)
+    lo.add_argument("--out", default="outputs/bench")
+    bt = sub.add_parser("batch-throughput", help="batch imputation rows/s: Ray Data actor pool vs in-process loop")
+    bt.add_argument("--rows", type=int, default=50_000)
+    bt.add_argument("--repeats", type=int, default=3)
+    bt.add_argument("--batch-size", type=int, default=4096)
+    bt.add_argument("--checkpoint", default=None)
+    bt.add_argument("--out", default="outputs/bench")
     args = p.parse_args(argv)
+    if args.bench in ("serve-latency", "serve-load", "batch-throughput"):
+        import bench_serving as bs  # beside this file
+
+        if args.bench == "serve-latency":
+            bs.serve_latency(tuple(args.concurrency), args.repeats, args.requests, args.rows_requests, args.out,
+                             args.checkpoint)
+        elif args.bench == "serve-load":
+            bs.serve_load(args.users, args.requests, args.run_time, args.out, args.checkpoint, args.kind)
+        else:
+            bs.batch_throughput(args.rows, args.repeats, args.out, args.checkpoint, args.batch_size)
+        return
     if args.bench == "jpvae-priors":
         if args.threads:
             import torch
