@@ -247,10 +247,10 @@ def test_pyfunc_takes_params_and_ships_no_benchmark_code(mlflow_server, register
     assert list(point.columns) == list(frame.columns) and not point.isna().any().any()
     params = {"n_samples": 12, "return": ["mean", "std", "interval", "samples"], "level": 0.5}
     full = model.predict(frame, params=params)
-    for c in ("bottom:px33", "top:px03"):
+    for c in ("bottom:px44", "top:px03"):
         assert {f"{c}__std", f"{c}__lower", f"{c}__upper", f"{c}__draws"} <= set(full.columns)
-    assert (full["bottom:px33__std"] > 0).all() and (full["top:px03__std"] == 0).all()
-    assert (full["bottom:px33__lower"] <= full["bottom:px33"]).all() and len(full["bottom:px33__draws"].iloc[0]) == 12
+    assert (full["bottom:px44__std"] > 0).all() and (full["top:px03__std"] == 0).all()
+    assert (full["bottom:px44__lower"] <= full["bottom:px44"]).all() and len(full["bottom:px44__draws"].iloc[0]) == 12
     np.testing.assert_array_equal(full[list(frame.columns)].to_numpy()[~frame.isna().to_numpy()],
                                   frame.to_numpy()[~frame.isna().to_numpy()])
     # the logged code is the package without the benchmarks, the CLI or the Ray Train runner
