@@ -318,27 +318,33 @@ class JPVAE(ImputationModel):
 
     @torch.no_grad()
     def after_fit(self, batches) -> None:
-        """Fit the empirical latent Gaussian on training encodings where every view is observed."""
-        if self.config.conditional != "empirical":
-            return
-        means = []
-        for batch in batches():
-            mus, _ = self.encode(batch)
-            complete = self.observed_views(batch).all(1)
-            means.append(torch.cat(mus, -1)[complete])
-        enc = torch.cat(means) if means else torch.zeros(0, self.cond_mean.numel())
-        if enc.shape[0] <= enc.shape[1]:
-            warnings.warn(
-                f"only {enc.shape[0]} training samples have every view observed; the empirical "
-                "latent Gaussian needs more than the latent size: imputing from the prior instead",
-                stacklevel=2,
-            )
-            return
-        self.cond_mean.copy_(enc.mean(0))
-        centred = enc - enc.mean(0)
-        cov = centred.T @ centred / (enc.shape[0] - 1)
-        self.cond_cov.copy_(cov + 1e-5 * torch.eye(cov.shape[0], device=cov.device))
-        self.cond_fitted.fill_(True)
+        """Fit the empirical latent Gaussian on training encodings where every view is observed.
+
+        Departure from MODELS.md (which fits Σ̂ on the encoder means): by the law of total
+        variance, Cov(z) = Cov_x(E[z|x]) + E_x[Var(z|x)], so Σ̂ = Cov(μ) + mean diag(σ²) — the
+        encoders' variance is part of the latent spread a missing view is drawn from.
+        """
+        if self.config.conditional == "empirical":
+            means, variances = [], []
+            for batch in batches():
+                mus, logvars = self.encode(batch)
+                complete = self.observed_views(batch).all(1)
+                means.append(torch.cat(mus, -1)[complete])
+                variances.append(torch.cat(logvars, -1)[complete].exp())
+            enc = torch.cat(means) if means else torch.zeros(0, self.cond_mean.numel())
+            if enc.shape[0] <= enc.shape[1]:
+                warnings.warn(
+                    f"only {enc.shape[0]} training samples have every view observed; the empirical "
+                    "latent Gaussian needs more than the latent size: imputing from the prior instead",
+                    stacklevel=2,
+                )
+            else:
+                self.cond_mean.copy_(enc.mean(0))
+                centred = enc - enc.mean(0)
+                cov = centred.T @ centred / (enc.shape[0] - 1) + torch.diag(torch.cat(variances).mean(0))
+                self.cond_cov.copy_(cov + 1e-5 * torch.eye(cov.shape[0], device=cov.device))
+                self.cond_fitted.fill_(True)
+        super().after_fit(batches)
 
     def latent_gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ̂, Σ̂) used to impute missing views: empirical if fitted, else the prior."""
@@ -350,8 +356,10 @@ class JPVAE(ImputationModel):
     # -- imputation
     @torch.no_grad()
     def latents(self, batch: MultiViewBatch, n_samples: int | None) -> list[torch.Tensor]:
-        """Per-view latents (S, n, k): observed views from their encoder, missing views from the
-        conditional Gaussian given the observed views' encoder means. `None` = means only (S = 1)."""
+        """Per-view latents (S, n, k). Observed views: draws from their encoders q(z_v|x_v).
+        Missing views: draws from the conditional Gaussian of (μ̂, Σ̂) given *each draw* of the
+        observed views' latents (departure from MODELS.md, which conditions on the encoder means),
+        so the encoders' variance reaches the draws. `None` = point imputation from the means (S = 1)."""
         mus, logvars = self.encode(batch)
         observed = self.observed_views(batch)
         s = 1 if n_samples is None else n_samples
@@ -372,13 +380,14 @@ class JPVAE(ImputationModel):
             obs_v = [v for v in range(n_views) if pattern[v]]
             miss_v = [v for v in range(n_views) if not pattern[v]]
             o_idx, m_idx = self.prior.indices(obs_v), self.prior.indices(miss_v)
-            a = torch.cat([mus[v][rows] for v in obs_v], -1)
-            cmean, ccov = gaussian_conditional(mean, cov, o_idx, m_idx, a)
+            a = torch.cat([out[v][:, rows] for v in obs_v], -1)  # (S, n_rows, |O|)
+            cmean, ccov = gaussian_conditional(mean, cov, o_idx, m_idx, a.reshape(-1, a.shape[-1]))
+            cmean = cmean.reshape(s, -1, cmean.shape[-1])
             if n_samples is None:
-                z = cmean.unsqueeze(0)
+                z = cmean
             else:
                 chol = torch.linalg.cholesky(ccov + 1e-6 * torch.eye(ccov.shape[0], device=ccov.device))
-                z = cmean + torch.randn(s, *cmean.shape, device=cmean.device) @ chol.T
+                z = cmean + torch.randn(cmean.shape, device=cmean.device) @ chol.T
             start = 0
             for v in miss_v:
                 k = self.prior.dims[v]
@@ -397,7 +406,7 @@ class JPVAE(ImputationModel):
         out = {}
         for info, z in zip(self.view_infos, zs, strict=True):
             raw = self.decode(info.name, z)
-            if self.config.sample_noise:
+            if self.config.sample_noise:  # a predictive draw from the observation model
                 out[info.name] = lk.sample(info.likelihood, raw).to(z.dtype)
             else:
                 out[info.name] = lk.mean(info.likelihood, raw)
