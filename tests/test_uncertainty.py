@@ -291,6 +291,28 @@ def test_conformal_reaches_nominal_coverage_where_raw_draws_are_too_narrow():
     assert float(cal.stretch[0, 0, level_index(0.9)]) > 2.5  # it widened (by about 1/0.3)
 
 
+def test_conformal_calibrates_each_kind_of_missing_entry_apart():
+    """Entries missing inside an observed view (draws too narrow) and of wholly missing views (draws
+    too wide): one pooled stretch would miss both; per kind, both reach 90 %."""
+    rng = np.random.default_rng(1)
+
+    def make(n):
+        y = rng.normal(size=(n, 1))
+        whole = torch.as_tensor(rng.random(n) < 0.5)
+        scale = torch.where(whole, 2.0, 0.3).double()[:, None]
+        draws = torch.as_tensor(rng.normal(size=(100, n, 1))) * scale
+        return draws, torch.as_tensor(y), whole
+
+    cal = ConformalCalibration(["v"], ["gaussian"])
+    draws, y, whole = make(6000)
+    cal.fit([({"v": draws}, {"v": y}, {"v": torch.ones_like(y, dtype=torch.bool)}, {"v": whole})])
+    draws, y, whole = make(6000)
+    lo, hi = cal.interval("v", draws, 0.9, whole)
+    inside = ((y >= lo) & (y <= hi))[:, 0]
+    for kind in (whole, ~whole):
+        assert abs(float(inside[kind].double().mean()) - 0.9) < 0.03
+
+
 # ----------------------------------------------------------------------------- the validation score
 
 
