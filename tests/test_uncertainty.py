@@ -177,6 +177,29 @@ def test_empirical_latent_covariance_adds_mean_encoder_variance():
     assert np.diag(var.mean(0)).trace() > 0.1 * np.trace(ref)  # the encoder term matters here
 
 
+def test_blockwise_latent_gaussian_with_few_complete_samples_matches_numpy():
+    model, _ = _jpvae(n_views=3)
+    rng = np.random.default_rng(3)
+    arrays = {f"v{i}": rng.normal(size=(40, 3)) for i in range(3)}
+    arrays["v0"][:15] = np.nan
+    arrays["v1"][12:27] = np.nan
+    arrays["v2"][25:] = np.nan  # no sample has all three views
+    batch = MultiViewBatch.from_arrays(arrays)
+    model.eval()
+    model.after_fit(lambda: iter([batch]))
+    assert bool(model.cond_fitted)
+    with torch.no_grad():
+        mus, lvs = model.encode(batch)
+    obs = [~np.isnan(arrays[f"v{i}"][:, 0]) for i in range(3)]
+    mu = [m.double().numpy() for m in mus]
+    ref_mean = np.concatenate([mu[i][obs[i]].mean(0) for i in range(3)])
+    np.testing.assert_allclose(model.cond_mean.double().numpy(), ref_mean, rtol=1e-5, atol=1e-6)
+    both = obs[0] & obs[1]
+    a, b = mu[0][both] - ref_mean[:2], mu[1][both] - ref_mean[2:4]
+    np.testing.assert_allclose(model.cond_cov[2:4, :2].double().numpy(), b.T @ a / (both.sum() - 1), atol=2e-3)
+    assert np.linalg.eigvalsh(model.cond_cov.double().numpy()).min() > 0
+
+
 def test_conditional_latent_draws_carry_the_observed_encoders_variance():
     model, _ = _jpvae()
     cross = 0.8 * np.eye(2)

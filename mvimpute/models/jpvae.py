@@ -318,33 +318,74 @@ class JPVAE(ImputationModel):
 
     @torch.no_grad()
     def after_fit(self, batches) -> None:
-        """Fit the empirical latent Gaussian on training encodings where every view is observed.
+        """Fit the empirical latent Gaussian (μ̂, Σ̂) on training encodings.
 
         Departure from MODELS.md (which fits Σ̂ on the encoder means): by the law of total
         variance, Cov(z) = Cov_x(E[z|x]) + E_x[Var(z|x)], so Σ̂ = Cov(μ) + mean diag(σ²) — the
         encoders' variance is part of the latent spread a missing view is drawn from.
+        Σ̂ is fitted on the samples with every view observed when there are more of them than
+        latent dimensions; otherwise (small data, many views) block by block: each view's mean and
+        block from the samples observing it, each cross block from the samples observing both
+        views (zero when fewer than 3 do), then the nearest covariance with eigenvalues ≥ 1e-4.
         """
         if self.config.conditional == "empirical":
-            means, variances = [], []
+            mus_all, vars_all, obs_all = [], [], []
             for batch in batches():
                 mus, logvars = self.encode(batch)
-                complete = self.observed_views(batch).all(1)
-                means.append(torch.cat(mus, -1)[complete])
-                variances.append(torch.cat(logvars, -1)[complete].exp())
-            enc = torch.cat(means) if means else torch.zeros(0, self.cond_mean.numel())
-            if enc.shape[0] <= enc.shape[1]:
+                mus_all.append(torch.cat(mus, -1))
+                vars_all.append(torch.cat(logvars, -1).exp())
+                obs_all.append(self.observed_views(batch))
+            total = self.cond_mean.numel()
+            mu = torch.cat(mus_all) if mus_all else torch.zeros(0, total)
+            var = torch.cat(vars_all) if vars_all else torch.zeros(0, total)
+            obs = torch.cat(obs_all) if obs_all else torch.zeros(0, len(self.view_infos), dtype=torch.bool)
+            complete = obs.all(1)
+            fitted = None
+            if int(complete.sum()) > total:
+                enc = mu[complete]
+                centred = enc - enc.mean(0)
+                cov = centred.T @ centred / (enc.shape[0] - 1) + torch.diag(var[complete].mean(0))
+                fitted = enc.mean(0), cov
+            elif bool((obs.sum(0) >= 2).all()):
+                fitted = self._blockwise_gaussian(mu, var, obs)
+            else:
                 warnings.warn(
-                    f"only {enc.shape[0]} training samples have every view observed; the empirical "
-                    "latent Gaussian needs more than the latent size: imputing from the prior instead",
+                    f"only {int(complete.sum())} training samples have every view observed and some view is "
+                    "observed in fewer than 2: imputing from the prior instead",
                     stacklevel=2,
                 )
-            else:
-                self.cond_mean.copy_(enc.mean(0))
-                centred = enc - enc.mean(0)
-                cov = centred.T @ centred / (enc.shape[0] - 1) + torch.diag(torch.cat(variances).mean(0))
+            if fitted is not None:
+                mean, cov = fitted
+                self.cond_mean.copy_(mean)
                 self.cond_cov.copy_(cov + 1e-5 * torch.eye(cov.shape[0], device=cov.device))
                 self.cond_fitted.fill_(True)
         super().after_fit(batches)
+
+    def _blockwise_gaussian(
+        self, mu: torch.Tensor, var: torch.Tensor, obs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ̂, Σ̂) from per-view and pairwise-observed samples (see `after_fit`)."""
+        n_views = len(self.view_infos)
+        idx = [self.prior.indices([v]) for v in range(n_views)]
+        mean = torch.zeros(mu.shape[1], dtype=mu.dtype, device=mu.device)
+        for v in range(n_views):
+            mean[idx[v]] = mu[obs[:, v]][:, idx[v]].mean(0)
+        centred = mu - mean
+        cov = torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype, device=mu.device)
+        for v in range(n_views):
+            for w in range(v, n_views):
+                rows = obs[:, v] & obs[:, w]
+                if int(rows.sum()) < (2 if v == w else 3):
+                    continue
+                a, b = centred[rows][:, idx[v]], centred[rows][:, idx[w]]
+                block = a.T @ b / (int(rows.sum()) - 1)
+                if v == w:
+                    block = block + torch.diag(var[rows][:, idx[v]].mean(0))
+                cov[idx[v][0] : idx[v][-1] + 1, idx[w][0] : idx[w][-1] + 1] = block
+                cov[idx[w][0] : idx[w][-1] + 1, idx[v][0] : idx[v][-1] + 1] = block.T
+        evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+        evals = evals.clamp_min(1e-4 * float(evals.max().clamp_min(1e-8)))
+        return mean, (evecs * evals) @ evecs.T
 
     def latent_gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ̂, Σ̂) used to impute missing views: empirical if fitted, else the prior."""
