@@ -7,7 +7,12 @@ that interval about m that contains y:
 
     t = (y − m) / max(q_hi − m, δ)   if y > m,      t = (m − y) / max(m − q_lo, δ)   otherwise,
 
-δ a small floor (1 % of the view's spread on the calibration entries). The calibrated interval
+δ a floor: a quarter of the median half-width of the raw 90 % intervals on the view's calibration
+entries (at least half a count for count views; 1 % of the truths' spread if that median is 0).
+Without it, entries whose draws are all equal (a pixel drawn 0 every time, a count of 0) score
+|y − m|/0 and inflate the stretch of every other entry (with a floor of 1 % of the spread, TAE's
+calibrated CRPS on synthetic-omics, MCAR 50 %, seed 0, was 1.10 against 0.85 raw; see
+docs/uncertainty.md for the same cell with this floor). The calibrated interval
 at level α is [m − t̂·max(m − q_lo, δ), m + t̂·max(q_hi − m, δ)], with t̂ the ⌈(n + 1)α⌉-th smallest
 of the n calibration scores of that view and kind (+∞ when ⌈(n + 1)α⌉ > n), clipped to a bounded
 view's range. Entries are split by kind (Mondrian conformal prediction): entries missing inside an
@@ -45,7 +50,8 @@ from ..likelihoods import BINARY_LIKELIHOODS, BOUNDS, COUNT_LIKELIHOODS
 
 LEVELS = tuple(round(i / 100, 2) for i in range(1, 100))
 SAMPLE_LEVEL = 0.9
-DELTA_SHARE = 0.01  # the floor δ as a share of the view's spread on the calibration entries
+DELTA_SHARE = 0.25  # the floor δ as a share of the calibration entries' median raw 90 % half-width
+COUNT_DELTA = 0.5  # and at least half a count for count views (raw scale)
 MAX_ENTRIES = 200_000  # calibration entries per view and kind (a random subset beyond: still exchangeable)
 MIN_ENTRIES = 30  # fewer entries of a kind: use the view's pooled scores
 KINDS = ("entry", "view")  # missing inside an observed view / the whole view missing
@@ -117,12 +123,17 @@ class ConformalCalibration(nn.Module):
         whose view is wholly missing (n,)), each a dict over views."""
         gen = torch.Generator().manual_seed(0)
 
-        def fit_one(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+        def fit_one(x: torch.Tensor, y: torch.Tensor, count: bool) -> tuple[torch.Tensor, float, int]:
             if y.numel() > MAX_ENTRIES:
                 keep = torch.randperm(y.numel(), generator=gen)[:MAX_ENTRIES].to(y.device)
                 x, y = x[:, keep], y[keep]
-            spread = float(y.std()) if y.numel() > 1 else 1.0
-            delta = DELTA_SHARE * (spread if spread > 0 else 1.0)
+            _, lo, hi = draw_quantiles(x, [SAMPLE_LEVEL])
+            delta = DELTA_SHARE * float(((hi[0] - lo[0]) / 2).median())
+            if count:
+                delta = max(delta, COUNT_DELTA)
+            if delta <= 0:
+                spread = float(y.std()) if y.numel() > 1 else 1.0
+                delta = 0.01 * (spread if spread > 0 else 1.0)
             return conformal_quantile(scores(x, y, delta)), delta, y.numel()
 
         for i, v in enumerate(self.views):
@@ -139,9 +150,10 @@ class ConformalCalibration(nn.Module):
             counts = [sum(y.numel() for y in ys[k]) for k in range(len(KINDS))]
             if sum(counts) < 2:
                 continue
-            pooled = fit_one(torch.cat([x for k in xs for x in k], 1), torch.cat([y for k in ys for y in k]))
+            count = self.likelihoods[i] in COUNT_LIKELIHOODS
+            pooled = fit_one(torch.cat([x for k in xs for x in k], 1), torch.cat([y for k in ys for y in k]), count)
             for k in range(len(KINDS)):
-                t, d, n = fit_one(torch.cat(xs[k], 1), torch.cat(ys[k])) if counts[k] >= MIN_ENTRIES else pooled
+                t, d, n = fit_one(torch.cat(xs[k], 1), torch.cat(ys[k]), count) if counts[k] >= MIN_ENTRIES else pooled
                 self.stretch[i, k], self.delta[i, k], self.n_entries[i, k] = t, d, n
         self.fitted.fill_(True)
 
