@@ -164,7 +164,6 @@ class TuneSection(BaseModel):
     grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial runs (at least to the end of a warm-up)
     reduction_factor: float = Field(2.0, gt=1)
     name: str | None = None  # the sweep's folder under cluster.storage_path; default <model>-sweep-<time>
-    fail_fast: bool = False  # stop the sweep at the first failed trial (resume it with --resume)
 
 
 class TuneJobConfig(TrainJobConfig):

@@ -612,7 +612,7 @@ def tune_main(
                 run_config=tune.RunConfig(
                     name=sweep_name,
                     storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=job.tune.fail_fast),
+                    failure_config=tune.FailureConfig(max_failures=0),
                     callbacks=[lines],
                     verbose=0,
                 ),
