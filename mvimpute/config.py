@@ -227,10 +227,10 @@ def load_job_config(
         raise ValueError("config: " + "; ".join(parts)) from None
 
 
-def config_keys() -> list[tuple[str, object]]:
+def config_keys(kind: type[BaseModel] = TrainJobConfig) -> list[tuple[str, object]]:
     """Every job-config key (dotted) with its default, in file order; `model_params` keys depend on the model."""
     out: list[tuple[str, object]] = []
-    for name, f in TrainJobConfig.model_fields.items():
+    for name, f in kind.model_fields.items():
         if name == "train":
             for tf in fields(TrainConfig):
                 if tf.name != "progress":
@@ -245,9 +245,9 @@ def config_keys() -> list[tuple[str, object]]:
     return out
 
 
-def config_help(width: int = 78) -> str:
+def config_help(width: int = 78, kind: type[BaseModel] = TrainJobConfig) -> str:
     """The keys and defaults as a compact block for `--help` (fits 80 columns)."""
-    items = [f"{k}={'null' if v is None else v}" for k, v in config_keys()]
+    items = [f"{k}={'null' if v is None else v}" for k, v in config_keys(kind)]
     lines, line = [], ""
     for it in items:
         if line and len(line) + 2 + len(it) > width:
