@@ -9,7 +9,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build lying on this machine's disk; the range in pyproject accepts it (GPU users keep their CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,omics,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,omics,bench,k8s]'
 
 venv: $(BIN)/activate
 

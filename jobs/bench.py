@@ -14,14 +14,20 @@ A sweep's cost per trial (one-trial sweep vs the same fit in-process, alternated
     python jobs/bench.py tune-trial-cost --repeats 3 --epochs 10
 Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import torch` for scale):
     python jobs/bench.py cli-startup --repeats 5
+Serving and batch imputation (loopback only, bounded request counts; docs/serving.md):
+    python jobs/bench.py serve-latency --repeats 3 --requests 160
+    python jobs/bench.py serve-load --users 16 --requests 2000
+    python jobs/bench.py batch-throughput --rows 50000 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import benchmarks  # jobs/benchmarks.py: benchmark code stays out of the library (and of logged models)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmarks  # noqa: E402  (jobs/benchmarks.py: benchmark code stays out of the library and of logged models)
 import yaml
 
 
@@ -85,12 +91,43 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--out", default="outputs/bench")
     c = sub.add_parser("cli-startup", help="wall time of `mvimpute --help` against `import torch`, alternated")
     c.add_argument("--repeats", type=int, default=5)
+    sl = sub.add_parser("serve-latency", help="endpoint req/s, p50/p99: batched vs not, point vs draws, no-op, raw")
+    sl.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    sl.add_argument("--repeats", type=int, default=3)
+    sl.add_argument("--requests", type=int, default=160, help="requests per cell and repeat")
+    sl.add_argument("--rows-requests", type=int, default=12, help="1,000-row requests per repeat")
+    sl.add_argument("--checkpoint", default=None, help="default: train the demo's JPVAE for 5 epochs")
+    sl.add_argument("--out", default="outputs/bench")
+    lo = sub.add_parser("serve-load", help="bounded locust headless run on loopback: error count")
+    lo.add_argument("--users", type=int, default=16)
+    lo.add_argument("--requests", type=int, default=2000, help="requests in all; the run stops after them")
+    lo.add_argument("--run-time", type=int, default=60, help="upper bound, seconds")
+    lo.add_argument("--kind", choices=["point", "draws"], default="point")
+    lo.add_argument("--checkpoint", default=None)
+    lo.add_argument("--out", default="outputs/bench")
+    bt = sub.add_parser("batch-throughput", help="batch imputation rows/s: Ray Data actor pool vs in-process loop")
+    bt.add_argument("--rows", type=int, default=50_000)
+    bt.add_argument("--repeats", type=int, default=3)
+    bt.add_argument("--batch-size", type=int, default=4096)
+    bt.add_argument("--checkpoint", default=None)
+    bt.add_argument("--out", default="outputs/bench")
     args = p.parse_args(argv)
     if args.bench == "cli-startup":
         cli_startup(args.repeats)
         return
     if args.bench == "tune-trial-cost":
         benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out)
+        return
+    if args.bench in ("serve-latency", "serve-load", "batch-throughput"):
+        import bench_serving as bs  # beside this file
+
+        if args.bench == "serve-latency":
+            bs.serve_latency(tuple(args.concurrency), args.repeats, args.requests, args.rows_requests, args.out,
+                             args.checkpoint)
+        elif args.bench == "serve-load":
+            bs.serve_load(args.users, args.requests, args.run_time, args.out, args.checkpoint, args.kind)
+        else:
+            bs.batch_throughput(args.rows, args.repeats, args.out, args.checkpoint, args.batch_size)
         return
     if args.bench == "jpvae-priors":
         if args.threads:

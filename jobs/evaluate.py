@@ -11,7 +11,7 @@ Writes results.json, results.md, score_vs_rate.png and calibration.png under --o
 tracking URI (--tracking-uri or MLFLOW_TRACKING_URI) or --mlflow, also one MLflow run.
 """
 
-from mvimpute.cli import command
+from mvimpute.cli import run_command
 
 if __name__ == "__main__":
-    command("evaluate").main(prog_name="python jobs/evaluate.py")
+    run_command("evaluate", "python jobs/evaluate.py")

@@ -14,7 +14,7 @@ A Ray cluster (MLflow server reachable from every node; storage shared by the no
         --num-workers 4 --use-gpu cluster.storage_path=s3://bucket/ray_results
 """
 
-from mvimpute.cli import command
+from mvimpute.cli import run_command
 
 if __name__ == "__main__":
-    command("train").main(prog_name="python jobs/train.py")
+    run_command("train", "python jobs/train.py")

@@ -1,4 +1,11 @@
-"""Self-describing checkpoints: weights + model name + configs + scaling statistics + view schema."""
+"""Self-describing checkpoints: weights + model name + configs + scaling statistics + view schema.
+
+Format versions: 1 — the first; 2 — adds the split-conformal calibration (`calibration.*` buffers
+in the state dict), TAE's mask-conditioned q(x|z, m) (`posterior_conditions_on_mask`), the
+`binary` / `bounded` likelihoods and JPVAE's Σ̂ with the encoders' variance. Version-1
+checkpoints still load: uncalibrated (draws and intervals are the raw ones), TAE with the
+paper's q(x|z), JPVAE with its means-only Σ̂ (refit to change that).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from .models import build_model
 from .models.base import ImputationModel, ViewInfo
 
 FORMAT = "mvimpute-checkpoint"
-VERSION = 1
+VERSION = 2
 CHECKPOINT_FILE = "model.pt"  # the file's name inside a checkpoint directory (Ray Train, MLflow artifacts)
 
 
@@ -70,8 +77,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{what}: {path} is not an mvimpute checkpoint")
-    if state["version"] > VERSION:
-        raise ValueError(f"{what}: {path} has checkpoint version {state['version']}; this mvimpute reads ≤ {VERSION}")
+    version = state.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{what}: {path} has no valid checkpoint version ({version!r})")
+    if version > VERSION:
+        raise ValueError(
+            f"{what}: {path} has checkpoint version {version}; this mvimpute reads versions 1 to {VERSION}: "
+            "upgrade mvimpute"
+        )
     return state
 
 
@@ -80,8 +93,21 @@ def load_checkpoint(
 ) -> tuple[ImputationModel, ViewSchema, dict]:
     """Rebuild the model and schema from a checkpoint file (or a directory holding `model.pt`) alone."""
     state = read_checkpoint(path, map_location)
+    path = checkpoint_file(path)
+    version = state["version"]
     schema = ViewSchema.from_state(state["schema"])
-    model = build_model(state["model"], view_infos(schema), **state["model_config"])
-    model.load_state_dict(state["state_dict"])
+    model_config = dict(state["model_config"])
+    if version == 1 and state["model"] == "tae":
+        model_config.setdefault("posterior_conditions_on_mask", False)
+    model = build_model(state["model"], view_infos(schema), **model_config)
+    result = model.load_state_dict(state["state_dict"], strict=version >= 2)
+    if version == 1:
+        missing = [k for k in result.missing_keys if not k.startswith("calibration.")]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{path}: version-1 checkpoint does not match model {state['model']!r} "
+                f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+            )
+    state["model_config"] = model_config
     model.eval()
     return model, schema, state

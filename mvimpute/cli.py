@@ -11,6 +11,7 @@
     mvimpute fit --data digits-halves --model jpvae --epochs 60 --out jpvae.pt -p prior=orthogonal
     mvimpute score --checkpoint jpvae.pt --data digits-halves --mechanism view --rate 0.5
     mvimpute impute --checkpoint jpvae.pt --input in.parquet --output out.parquet --id-column sample_id
+    mvimpute serve --model-uri models:/mvimpute-jpvae@champion
     mvimpute train --data digits-halves --num-workers 2 --epochs 20 train.batch_size=128
     mvimpute tune --data digits-halves --model jpvae --epochs 20 --num-samples 8
     mvimpute evaluate --data digits-halves --label label --models jpvae,tae
@@ -32,6 +33,7 @@ from typing import Annotated
 
 import typer
 
+from .cli_serving import impute, serve_command  # light at import: heavy modules load in the commands
 from .names import DATASET_NAMES, MODEL_NAMES
 
 app = typer.Typer(
@@ -44,7 +46,6 @@ app = typer.Typer(
     context_settings={"max_content_width": 80, "help_option_names": ["-h", "--help"]},
 )
 
-TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 DATA_HELP = f"Embedded data set ({', '.join(DATASET_NAMES)}) or a dataset spec YAML."
 MODEL_HELP = f"Model: {' | '.join(MODEL_NAMES)}."
 
@@ -110,7 +111,7 @@ def _job_items(
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--param")
         if key in own:
             raise typer.BadParameter(f"{key!r} has its own option: use {own[key]}", param_hint="--param")
         section = "train" if key in train_keys else "model_params"  # as MultiViewImputer(**params) splits them
@@ -159,30 +160,6 @@ def load_imputer(path: Path, device: str = "cpu"):
         return MultiViewImputer.load(path, device=device)
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise typer.BadParameter(str(err), param_hint="--checkpoint") from None
-
-
-def table_format(path: Path, option: str) -> str:
-    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise typer.BadParameter(
-            f"{str(path)!r}: use a file ending in one of {sorted(TABLE_SUFFIXES)}", param_hint=option
-        )
-    return fmt
-
-
-def read_table(path: Path, option: str = "--input"):
-    """A CSV or Parquet table. A CSV written with its pandas index (a first column named `Unnamed: 0`,
-    or an empty header) gets that column back as the index."""
-    import pandas as pd
-
-    fmt = table_format(path, option)
-    try:
-        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
-    except Exception as err:
-        raise typer.BadParameter(f"cannot read {str(path)!r}: {err}", param_hint=option) from None
-    if fmt == "csv" and len(frame.columns) and str(frame.columns[0]).startswith("Unnamed: 0"):
-        frame = frame.set_index(frame.columns[0]).rename_axis(None)
-    return frame
 
 
 def atomic_write(path: Path, write) -> None:
@@ -386,50 +363,8 @@ def score(
         typer.echo(f"wrote {json_out}")
 
 
-@app.command()
-def impute(
-    checkpoint: CheckpointOpt,
-    input_path: Annotated[
-        Path,
-        typer.Option("--input", exists=True, dir_okay=False, help="Wide table (.csv/.parquet), columns view:feature."),
-    ],
-    output: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the imputed table (.csv/.parquet).")],
-    id_column: Annotated[str | None, typer.Option(help="A column of sample ids to carry through.")] = None,
-    device: DeviceOpt = None,
-) -> None:
-    """Fill the missing entries of a wide table; observed values, row order and the index are kept."""
-    import pandas as pd
-
-    out_fmt = table_format(output, "--output")
-    imp = load_imputer(checkpoint, device or "auto")
-    frame = read_table(input_path)
-    ids, id_pos = None, None
-    if id_column is not None:
-        if id_column not in frame.columns:
-            raise typer.BadParameter(f"no column {id_column!r} in {str(input_path)!r}", param_hint="--id-column")
-        id_pos = frame.columns.get_loc(id_column)
-        ids = frame[id_column]
-        frame = frame.drop(columns=[id_column])
-    try:
-        filled = imp.transform(frame)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--input") from None
-    extra = [c for c in filled.columns if c not in frame.columns]
-    result = filled[[*frame.columns, *extra]]
-    result.index = frame.index
-    if ids is not None:
-        result.insert(id_pos, id_column, ids.to_numpy())
-    n_missing = int(frame.isna().to_numpy().sum()) + len(extra) * len(frame)
-    keep_index = not frame.index.equals(pd.RangeIndex(len(frame)))  # an index read back from the input stays
-
-    def write(tmp: Path) -> None:
-        if out_fmt == "csv":
-            result.to_csv(tmp, index=keep_index)
-        else:
-            result.to_parquet(tmp, index=keep_index)
-
-    atomic_write(output, write)
-    typer.echo(f"imputed {n_missing} missing entries in {len(result)} rows → {output}")
+app.command()(impute)
+app.command("serve")(serve_command)
 
 
 @app.command(epilog=_epilog())
@@ -583,8 +518,13 @@ from . import cli_tune  # noqa: E402, F401  (registers `tune`; torch-free like t
 
 
 def command(name: str):
-    """One command as a click command, for the `jobs/*.py` wrappers (`python jobs/train.py --help`)."""
+    """One command as a click command (its options, help and checks are the `mvimpute <name>` ones)."""
     return typer.main.get_command(app).commands[name]
+
+
+def run_command(name: str, prog_name: str) -> None:
+    """Run one command as a program: the `jobs/*.py` wrappers (`python jobs/train.py --help`)."""
+    command(name).main(prog_name=prog_name, **app.info.context_settings)
 
 
 def main() -> None:  # pragma: no cover

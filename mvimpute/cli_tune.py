@@ -73,7 +73,7 @@ def tune(
     """Sweep hyper-parameters with Ray Tune (ASHA + Optuna or random search) over Ray Train runs;
     register the best trial's model in MLflow under the alias `champion`.
 
-    Each trial minimises the self-supervised validation score (train.select_metric; TAE: only
+    Each trial minimises the self-supervised validation score (train.val_score: crps or rmse; TAE: only
     epochs after its warm-up). Prints one line per finished trial and a summary. A stopped sweep
     continues with --resume --name NAME (finished trials are kept)."""
     from . import console

@@ -51,8 +51,6 @@ def configure(verbose: bool = False) -> None:
         os.environ.setdefault("NO_COLOR", "1")
     if not verbose:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        # MLflow's hint to add type hints to a pyfunc's `predict` (our model takes frames, not typed rows)
-        warnings.filterwarnings("ignore", message="(?s).*type hints? to the `predict` method", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 

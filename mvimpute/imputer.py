@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,10 @@ import torch
 
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
-from .data.multiview import MultiViewData, ViewSchema, as_multiview
+from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
 from .models import MODEL_REGISTRY, build_model
 from .models.base import config_from_kwargs
+from .models.defaults import size_defaults
 from .training import (
     AFTER_FIT_ROWS,
     TrainConfig,
@@ -39,6 +40,11 @@ class MultiViewImputer:
     `seed`, `device`, `progress`, ...) and the model's own config (e.g. `prior`, `alpha`,
     `latent_dim` for JPVAE; `C`, `lam` for TAE). An unknown name is a `ValueError`.
     `likelihoods` / `scalings` override the per-view choices inferred from the data.
+
+    Defaults that depend on the data size (widths, latent size, weight decay, batch size,
+    patience, validation share) follow `models.defaults.size_defaults` for fewer than
+    `SMALL_N` training samples; a parameter given here always wins. `calibrate=False` turns off
+    the split-conformal calibration of the draws (on by default; see `predict_interval`).
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class MultiViewImputer:
         self.model_name = model
         self.likelihoods = dict(likelihoods or {})
         self.scalings = dict(scalings or {})
+        self.given_params_ = set(params)
         self.train_config = TrainConfig(**{k: v for k, v in params.items() if k in TRAIN_KEYS})
         self.model_params = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
         config_from_kwargs(MODEL_REGISTRY[model].config_class, self.model_params, model)  # validate now
@@ -77,10 +84,14 @@ class MultiViewImputer:
         improved)` runs after each epoch (epochs numbered from 0 there, from 1 in `metrics`).
         A column with no observed value, or values whose scaling would overflow, is a `ValueError`.
         """
-        cfg = self.train_config
-        torch.manual_seed(cfg.seed)
         data = as_multiview(views, self.likelihoods or None)
         data.check_no_empty_rows()
+        for v, a in data.views.items():  # before the split: a huge value in the validation rows overflows too
+            check_magnitude(v, a, data.columns[v])
+        model_params, train_params = size_defaults(self.model_name, data.n_samples, self.given_params_)
+        cfg = replace(self.train_config, **train_params)
+        self.train_config, self.model_params = cfg, {**self.model_params, **model_params}
+        torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
         if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:
             # the same rows, in the same order, as the Ray Train runner holds out (a hash of the id)
@@ -140,8 +151,11 @@ class MultiViewImputer:
         return _like_input(views, data, out)
 
     @torch.no_grad()
-    def sample(self, views, n_samples: int = 100) -> dict[str, np.ndarray]:
-        """Multiple imputation: dict view → (n_samples, n, d_v); observed entries keep their values."""
+    def sample(self, views, n_samples: int = 100, calibrated: bool = True) -> dict[str, np.ndarray]:
+        """Multiple imputation: dict view → (n_samples, n, d_v) predictive draws (a bit, a censored
+        value, a count, a real — from the observation model, not its mean); observed entries keep
+        their values. With `calibrated` (default) and a fitted calibration, the draws are stretched
+        about their median so that their central 90 % interval is the split-conformal one."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
         data, batch = self._prepare(views)
@@ -150,7 +164,9 @@ class MultiViewImputer:
         parts = [
             {
                 v: t.cpu().numpy()
-                for v, t in self.model_.impute(batch.select(slice(i, i + chunk)).to(self._device()), n_samples).items()
+                for v, t in self.model_.sample_draws(
+                    batch.select(slice(i, i + chunk)).to(self._device()), n_samples, calibrated
+                ).items()
             }
             for i in range(0, len(batch), chunk)
         ]
@@ -160,6 +176,42 @@ class MultiViewImputer:
             draws = self.schema_.scalers[v].inverse(draws.astype(np.float64))
             out[v] = np.where(np.isnan(data.views[v])[None], draws, data.views[v][None])
         return out
+
+    @torch.no_grad()
+    def predict_interval(
+        self, views, level: float = 0.9, n_samples: int = 100, calibrated: bool = True
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Central `level` prediction intervals: (lo, hi), each a dict view → (n, d_v) array on the
+        data's scale; observed entries have lo = hi = the observed value.
+
+        From `n_samples` raw predictive draws; with `calibrated` (default) and a calibration fitted
+        at training (`calibrate=True`, the default), the interval is the split-conformal one:
+        for a test entry exchangeable with the hidden validation entries of its view (same
+        population, missingness of the same kind as the validation split's: entries and whole
+        views hidden at random), it covers the truth with probability ≥ `level`, marginally over
+        entries of the view, when `n_samples` equals the calibration's (100 by default). `level`
+        lies in [0.01, 0.99]; levels between 1 % steps use the next step up. `binary` views are
+        not calibrated. See `mvimpute/models/calibration.py`.
+        """
+        if n_samples < 2:
+            raise ValueError(f"n_samples must be ≥ 2, got {n_samples}")
+        data, batch = self._prepare(views)
+        self.model_.eval()
+        chunk = max(1, CHUNK * 8 // n_samples)
+        lo_parts, hi_parts = [], []
+        for i in range(0, len(batch), chunk):
+            sub = batch.select(slice(i, i + chunk)).to(self._device())
+            res = self.model_.intervals(sub, level, n_samples, calibrated)
+            lo_parts.append({v: t[0].cpu().numpy() for v, t in res.items()})
+            hi_parts.append({v: t[1].cpu().numpy() for v, t in res.items()})
+        lo, hi = {}, {}
+        for v in self.schema_.view_names:
+            sc = self.schema_.scalers[v]
+            a = sc.inverse(np.concatenate([p[v] for p in lo_parts]).astype(np.float64))
+            b = sc.inverse(np.concatenate([p[v] for p in hi_parts]).astype(np.float64))
+            obs = ~np.isnan(data.views[v])
+            lo[v], hi[v] = np.where(obs, data.views[v], a), np.where(obs, data.views[v], b)
+        return lo, hi
 
     def fit_transform(self, views):
         return self.fit(views).transform(views)

@@ -2,3 +2,5 @@
 
 MODEL_NAMES = ("jpvae", "tae", "mvae", "miwae")
 DATASET_NAMES = ("digits-halves", "synthetic-omics")
+DEFAULT_MODEL_URI = "models:/mvimpute-jpvae@champion"  # what the endpoint, the batch job and `impute` load
+MODEL_URI_ENV = "MVIMPUTE_MODEL_URI"

@@ -83,7 +83,7 @@ def score(
         errs.append(e)
         out[f"rmse/{v}"] = float(np.sqrt(np.mean(e**2)))
         out[f"mae/{v}"] = float(np.mean(np.abs(e)))
-        if truth.likelihoods.get(v) == "bernoulli":
+        if truth.likelihoods.get(v) in ("bernoulli", "binary", "bounded"):  # data in [0, 1]
             p = np.clip(np.asarray(filled[v], dtype=np.float64), 1e-7, 1 - 1e-7)
             y = np.nan_to_num(truth.views[v])
             bce = -(y * np.log(p) + (1 - y) * np.log1p(-p)) * h

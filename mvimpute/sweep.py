@@ -9,13 +9,13 @@ value a Tune domain written `{loguniform: [1, 50]}`, `{choice: [a, b]}`, ... or 
 Ray's object store) and every trial reuses them. Each trial is a Tune function that runs the Ray
 Train runner (`run_training`) with Tune's `TuneReportCallback` — the Train-inside-Tune pattern of
 Ray Train V2 — so that the trial's workers report each epoch to Tune. Trials are ranked by
-`score`: the best selectable epoch's validation score (`train.select_metric`; for TAE only epochs
-after the warm-up). ASHA stops poor trials at its rungs; Optuna (TPE) or random search proposes
-them. The sweep's state lives under `cluster.storage_path/<name>`: an interrupted sweep resumes
-with `Tuner.restore` (`resume=True`), finished trials kept. MLflow: one parent run per sweep with
-the results table and a plot of score against the swept parameters, one child run per trial
-(params, per-epoch metrics); only the best completed trial's model is logged and registered,
-with the alias `champion`.
+`score`: the best selectable epoch's validation score (`val_score`, chosen by `train.val_score`:
+crps or rmse; for TAE only epochs after the warm-up). ASHA stops poor trials at its rungs; Optuna
+(TPE) or random search proposes them. The sweep's state lives under `cluster.storage_path/<name>`:
+an interrupted sweep resumes with `Tuner.restore` (`resume=True`), finished trials kept. MLflow:
+one parent run per sweep with the results table and a plot of score against the swept parameters,
+one child run per trial (params, per-epoch metrics); only the best completed trial's model is
+logged and registered, with the alias `champion`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ DOMAINS = {
     "choice": ("choice", None),
     "grid": ("grid_search", None),
 }
-FIXED_FOR_SWEEP = {"epochs", "val_frac", "seed", "device", "progress", "select_metric"}  # one per sweep
+FIXED_FOR_SWEEP = {"epochs", "val_frac", "seed", "device", "progress", "val_score"}  # one per sweep
 SPACES_DIR = "tune_spaces"
 TRIAL_CPU = 0.01  # a trial's own actor only waits on its Ray Train run (whose controller takes 0 CPU)
 FAULT_ENV = "MVIMPUTE_TUNE_FAULT_INJECT"  # "trial-index:marker-file": a test hook, that trial fails once

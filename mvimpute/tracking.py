@@ -21,9 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -153,20 +155,61 @@ def pinned_requirements() -> list[str]:
     return reqs
 
 
+PYFUNC_PARAMS = {"n_samples": 100, "return": ["mean"], "level": 0.9}
+# what a logged model needs of the package: everything but the command line, the evaluation grid,
+# the Ray Train runner, the figures and the benchmarks (which would otherwise ship inside every model)
+_NOT_IN_MODEL = (
+    "benchmarks.py",
+    "cli.py",
+    "cli_serving.py",
+    "evaluation.py",
+    "distributed.py",
+    "plots.py",
+    "ray_data.py",
+    "pyfunc_model.py",  # MLflow keeps the model file itself beside the code
+)
+
+
 class MultiViewPyfunc(mlflow.pyfunc.PythonModel):
-    """A `MultiViewImputer` checkpoint as a pyfunc: wide `view:column` frame in, same frame imputed out."""
+    """An mvimpute checkpoint as a pyfunc that calls `Predictor`: a wide `view:column` frame in (NaN =
+    missing), the same frame imputed out; `params` ask for more: `return` ⊆ {mean, std, interval,
+    samples} adds `<column>__std`, `__lower`/`__upper` (central `level` interval) and `__draws`
+    columns from `n_samples` posterior draws."""
 
     def load_context(self, context) -> None:
-        from mvimpute.imputer import MultiViewImputer
+        from mvimpute.predictor import Predictor
 
-        self.imputer = MultiViewImputer.load(context.artifacts["checkpoint"])
+        self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], device="cpu")
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # typed: MLflow warns at class creation about a `predict` without hints (in a filter it resets to "once")
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = {**PYFUNC_PARAMS, **(params or {})}
+        outputs = params["return"]
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        return self.imputer.transform(model_input.astype("float64"))
+        return self.predictor.predict_frame(
+            model_input.astype("float64"),
+            outputs=outputs,
+            n_samples=int(params["n_samples"]),
+            level=float(params["level"]),
+        )
+
+
+def set_pyfunc_model() -> None:
+    """Called by `mvimpute/pyfunc_model.py`, the file a model logged from code runs when MLflow loads it."""
+    mlflow.models.set_model(MultiViewPyfunc())
+
+
+def _model_code(tmp: Path) -> Path:
+    """A copy of the package holding only what a logged model needs."""
+    code = tmp / "mvimpute"
+    shutil.copytree(
+        Path(__file__).resolve().parent,
+        code,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *_NOT_IN_MODEL),
+    )
+    return code
 
 
 def log_model(
@@ -176,33 +219,32 @@ def log_model(
     registered_model_name: str | None = None,
     imputer=None,
 ) -> str:
-    """Log the checkpoint as a pyfunc model in `run`; register it when a name is given.
+    """Log the checkpoint as a pyfunc model in `run` (MLflow models from code: `pyfunc_model.py`);
+    register it when a name is given. The model accepts `params` n_samples, return and level.
 
     Returns `models:/<name>/<version>` when registered, else the run's model URI."""
     from mlflow.models import infer_signature
 
     from .checkpoint import checkpoint_file
     from .imputer import MultiViewImputer
+    from .predictor import Predictor
 
     ckpt = checkpoint_file(checkpoint)
-    imputer = imputer or MultiViewImputer.load(ckpt)
+    predictor = Predictor(imputer or MultiViewImputer.load(ckpt))
     if example is None:
-        cols = [f"{v}:{c}" for v, cs in imputer.schema_.columns.items() for c in cs]
         import pandas as pd
 
-        example = pd.DataFrame(np.zeros((1, len(cols))), columns=cols)
+        example = pd.DataFrame(np.zeros((1, len(predictor.input_columns))), columns=predictor.input_columns)
     example = example.astype("float64")
-    signature = infer_signature(example, imputer.transform(example))
+    signature = infer_signature(example, predictor.predict_frame(example), params=PYFUNC_PARAMS)
     mlflow.set_tracking_uri(run.tracking_uri)
     mlflow.set_registry_uri(run.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run.run_id):
-        code = Path(tmp) / "mvimpute"  # the package travels with the model, without byte-code caches
-        shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=MultiViewPyfunc(),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"checkpoint": str(ckpt)},
-            code_paths=[str(code)],
+            code_paths=[str(_model_code(Path(tmp)))],
             signature=signature,
             input_example=example.head(2),
             pip_requirements=pinned_requirements(),
@@ -217,6 +259,52 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
     """Load a logged or registered model (`models:/name/version`) as an `mlflow.pyfunc` model."""
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     return mlflow.pyfunc.load_model(model_uri)
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
+
+
+def model_version(model_uri: str, tracking_uri: str | None = None) -> dict:
+    """Where `models:/name@alias` or `models:/name/version` points now: name, version, alias, run_id
+    (a cheap registry call, for noticing that an alias moved); other URIs are returned as they are."""
+    m = _MODELS_URI.match(model_uri)
+    if not m:
+        return {"model_uri": model_uri}
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    name, alias, version = m["name"], m["alias"], m["version"]
+    if alias:
+        mv = client.get_model_version_by_alias(name, alias)
+    elif version and version.isdigit():
+        mv = client.get_model_version(name, version)
+    else:  # models:/name/Production style stages, or just the name: the latest version
+        mv = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    return {"model_uri": model_uri, "name": name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id}
+
+
+def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None):
+    """Download a logged mvimpute model's checkpoint (not its code): (local checkpoint path, where it came from).
+
+    A `models:/name@alias` URI is pinned to the version the alias names now, so the checkpoint and
+    the reported version agree even if the alias moves during the download."""
+    uri = resolve_tracking_uri(tracking_uri)
+    info = model_version(model_uri, uri)
+    client = MlflowClient(uri)
+    if "version" in info:
+        source = client.get_model_version_download_uri(info["name"], info["version"]).rstrip("/") + "/artifacts"
+    else:
+        source = model_uri.rstrip("/") + "/artifacts"
+    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="mvimpute-model-"))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri))
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise ValueError(f"{model_uri!r} is not an mvimpute model: no checkpoint among its artifacts")
+    return found[0], info
+
+
+def set_alias(model_uri: str, alias: str, tracking_uri: str | None = None) -> None:
+    """Point `alias` of a registered model at the version `models:/name/version` names."""
+    info = model_version(model_uri, tracking_uri)
+    MlflowClient(resolve_tracking_uri(tracking_uri)).set_registered_model_alias(info["name"], alias, info["version"])
 
 
 def log_figure(run: RunRef, fig, artifact_file: str) -> None:
@@ -276,7 +364,10 @@ def register_model(run: RunRef, model_uri: str, name: str, alias: str | None = C
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
-    version = client.create_model_version(name, model_uri, run_id=run.run_id)
+    # a logged model's URI (`models:/m-…`) names the logged model; a tracking server refuses it as the
+    # source unless model_id says so too (file and SQL stores accept it without)
+    logged = re.fullmatch(r"models:/(m-[0-9a-f]+)/?", model_uri)
+    version = client.create_model_version(name, model_uri, run_id=run.run_id, model_id=logged[1] if logged else None)
     for _ in range(60):  # file and SQL stores are READY at once; a server with async registration may lag
         if client.get_model_version(name, version.version).status == "READY":
             break
@@ -387,9 +478,13 @@ __all__ = [
     "log_figure",
     "log_model",
     "log_training_outputs",
+    "fetch_checkpoint",
     "metric_key",
+    "model_version",
     "pinned_requirements",
     "register_model",
     "resolve_tracking_uri",
+    "set_alias",
+    "set_pyfunc_model",
     "start_run",
 ]

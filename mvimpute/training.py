@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import scoringrules as sr
 import torch
 from tqdm.auto import tqdm
 
 from . import masking
 from .batch import MultiViewBatch
-from .config import TrainConfig
+from .config import VAL_SCORES, TrainConfig  # noqa: F401  (VAL_SCORES: re-exported)
 from .data.multiview import MultiViewData
 from .models.base import ImputationModel
 
@@ -54,21 +55,57 @@ class ValidationSet:
         )
 
 
+CALIBRATION_VIEW_RATE = 0.5
+
+
+def calibration_sets(val: ValidationSet, hide_frac: float, seed: int) -> list[tuple]:
+    """The conformal calibration's entries, from the validation samples' observed values: one copy
+    with only entries hidden (MCAR, `hide_frac`) and, with several views, one with only whole views
+    hidden (each with probability `CALIBRATION_VIEW_RATE`, never all), so that each kind of missing
+    entry is calibrated with the other views as observed as at imputation time.
+    Each item is (corrupted batch, truth values, hidden masks)."""
+    truth = val.truth
+    sets = [ValidationSet.from_batch(truth, hide_frac, 0.0, seed + 11)]
+    if len(truth.views) > 1:
+        data = MultiViewData(truth.to_arrays())
+        steps = masking.drop_views(data, CALIBRATION_VIEW_RATE, seed + 13)
+        corrupted = MultiViewBatch.from_arrays(steps.data.views, dtype=truth.values[truth.views[0]].dtype)
+        sets.append(
+            ValidationSet(
+                corrupted.to(truth.values[truth.views[0]].device),
+                truth,
+                {v: torch.as_tensor(h, device=truth.values[v].device) for v, h in steps.hidden.items()},
+            )
+        )
+    return [(s.corrupted, s.truth.values, s.hidden) for s in sets]
+
+
 @torch.no_grad()
-def validation_score(model: ImputationModel, val: ValidationSet) -> dict[str, float]:
-    """RMSE of the point imputation on the hidden validation entries (scaled space), overall and per view."""
+def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int = 0) -> dict[str, float]:
+    """On the hidden validation entries (scaled space), overall and per view: RMSE of the point
+    imputation (`val_rmse`) and, with `n_samples` > 0, the CRPS of that many raw predictive draws
+    (`val_crps`, scoringrules' ensemble CRPS, averaged over entries)."""
     was_training = model.training
     model.eval()
     filled = model.impute_mean(val.corrupted)
+    draws = model.impute(val.corrupted, n_samples) if n_samples else None
     model.train(was_training)
-    out, sse, cnt = {}, 0.0, 0
+    out, sse, cnt, crps_sum = {}, 0.0, 0, 0.0
     for v, h in val.hidden.items():
         err = (filled[v] - val.truth.values[v])[h]
         if err.numel():
             out[f"val_rmse_{v}"] = float(err.pow(2).mean().sqrt())
             sse += float(err.pow(2).sum())
             cnt += err.numel()
+            if draws is not None:
+                crps = sr.crps_ensemble(
+                    val.truth.values[v][h].double().cpu().numpy(), draws[v][:, h].double().cpu().numpy(), m_axis=0
+                )
+                out[f"val_crps_{v}"] = float(np.mean(crps))
+                crps_sum += float(np.sum(crps))
     out["val_rmse"] = math.sqrt(sse / cnt) if cnt else float("nan")
+    if draws is not None:
+        out["val_crps"] = crps_sum / cnt if cnt else float("nan")
     return out
 
 
@@ -176,7 +213,9 @@ class TrainingLoop:
             metrics["epoch_seconds"] = time.perf_counter() - t0  # the training pass only (batches + steps)
             score = metrics["train_loss"]
             if val is not None:
-                metrics.update(validation_score(self.module, val))
+                n_draws = cfg.val_samples if cfg.val_score == "crps" else 0
+                metrics.update(validation_score(self.module, val, n_draws))
+                metrics["val_score"] = metrics[f"val_{cfg.val_score}"]
             if self.reduce_metrics is not None:
                 metrics = self.reduce_metrics(metrics)
                 score = metrics["train_loss"]
@@ -207,6 +246,12 @@ class TrainingLoop:
         bar.close()
         if self.best_state is not None and val is not None:
             self.module.load_state_dict(self.best_state)
+        # the model's `after_fit` fits the conformal calibration once its own post-fit steps are done
+        self.module.pending_calibration = (
+            (calibration_sets(val, cfg.val_hide_frac, cfg.seed), cfg.calibration_samples)
+            if val is not None and cfg.calibrate
+            else None
+        )
         return self.result
 
 

@@ -267,7 +267,7 @@ def test_digits_halves_matches_sklearn():
     both = np.concatenate([data.views["top"], data.views["bottom"]], axis=1)
     np.testing.assert_array_equal(both, ref)
     assert both.min() >= 0 and both.max() <= 1
-    assert data.likelihoods == {"top": "bernoulli", "bottom": "bernoulli"}
+    assert data.likelihoods == {"top": "bounded", "bottom": "bounded"}  # grey levels with mass at 0 and 1
     np.testing.assert_array_equal(data.obs["label"].to_numpy(), load_digits().target)
 
 

@@ -292,14 +292,15 @@ def test_mlflow_run_has_params_metrics_figures_and_a_registered_pyfunc(tracked_r
     assert params["model_params.latent_dim"] == "8" and params["cluster.num_workers"] == "2"
     for key in ("val_rmse", "train_loss", "val_rmse_top"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-        assert sorted(set(steps)) == list(range(EPOCHS)), (key, steps)
+        assert sorted(set(steps)) == list(range(1, EPOCHS + 1)), (key, steps)  # epochs numbered from 1
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"training_curves.png", "posterior_draws.png", "latent_cross_correlation.png"} <= plots
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
-    assert tracked_run.model_uri.startswith("models:/digits-jpvae/")
-    version = tracked_run.model_uri.rsplit("/", 1)[1]
-    assert client.get_model_version("digits-jpvae", version).run_id == run.info.run_id
+    assert tracked_run.model_uri == "models:/digits-jpvae@champion"  # the alias serving loads
+    version = client.get_model_version_by_alias("digits-jpvae", "champion")
+    assert version.run_id == run.info.run_id
+    assert max(int(v.version) for v in client.search_model_versions("name='digits-jpvae'")) == int(version.version)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(mlflow_server)
     try:

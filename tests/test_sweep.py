@@ -172,7 +172,8 @@ def jpvae_sweep(ray_session, tmp_path_factory):
         "data": "digits-halves",
         "model": "jpvae",
         "model_params": TINY_JPVAE,
-        "train": {"epochs": EPOCHS, "batch_size": 64, "patience": None, "val_frac": 0.15},
+        # RMSE selection: deterministic, so the champion's checkpoint can be re-scored exactly below
+        "train": {"epochs": EPOCHS, "batch_size": 64, "patience": None, "val_frac": 0.15, "val_score": "rmse"},
         "cluster": {"storage_path": str(root / "ray")},
         "mlflow": {"experiment": "sweep-test"},
         "tune": {"space": str(space), "num_samples": 2, "search": "random", "scheduler": "asha", "name": "jp"},

@@ -123,6 +123,7 @@ def test_config_from_kwargs_and_validation():
     "kw",
     [
         {},
+        {"noise": "inferred", "warmup_start": 0.1, "warmup_end": 0.2},
         {"noise": "fixed"},
         {"noise": "learned", "posterior_conditions_on_y": True},
         {"latent_logvar_cap": None},
@@ -149,7 +150,8 @@ def test_tae_loss_components_and_gradients(kw):
     assert expected <= set(out.components)
     comps = out.detached()
     assert all(math.isfinite(v) for v in comps.values())
-    assert comps["gamma"] == pytest.approx(tae.gamma_schedule(0.15))
+    c = model.config
+    assert comps["gamma"] == pytest.approx(tae.gamma_schedule(0.15, c.gamma0, c.warmup_start, c.warmup_end))
     assert comps["penalty"] == pytest.approx(2.0 * abs(comps["condition_value"] - 10.0), rel=1e-5)
     assert comps["condition_value"] == pytest.approx(comps["log_r"] - comps["log_q"], abs=1e-3)
     g = comps["gamma"]
@@ -202,7 +204,7 @@ def train(model, batch: MultiViewBatch, steps: int, lr: float = 3e-3):
 @pytest.fixture(scope="module")
 def trained_tae():
     _, batch = make_batch(n=256)
-    model = make("tae", C=8.0)
+    model = make("tae", C=8.0, noise="inferred", warmup_start=0.1, warmup_end=0.2)  # the paper's settings
     with torch.no_grad():
         first = float(model.loss(batch, 0.0).components["condition_value"])
     return train(model, batch, 350), first

@@ -33,7 +33,9 @@ def test_jpvae_beats_column_mean_on_hidden_bottom_half(digits, fitted):
 def test_validation_score_improves_during_training(fitted):
     val = [h["val_rmse"] for h in fitted.history_]
     assert min(val) < 0.9 * val[0], (min(val), val[0])
-    assert fitted.history_[fitted.best_epoch_ - 1]["val_rmse"] == min(val)
+    crps = [h["val_crps"] for h in fitted.history_]  # the default selection score
+    assert min(crps) < 0.9 * crps[0], (min(crps), crps[0])
+    assert fitted.history_[fitted.best_epoch_ - 1]["val_score"] == min(crps)
 
 
 def test_empirical_conditional_is_fitted_on_training_encodings_only(digits, fitted):

@@ -11,7 +11,11 @@ DATASETS = ("digits-halves", "synthetic-omics")
 
 
 def digits_halves() -> MultiViewData:
-    """scikit-learn's 1,797 8×8 digits: view `top` = rows 0–3, view `bottom` = rows 4–7, in [0, 1]."""
+    """scikit-learn's 1,797 8×8 digits: view `top` = rows 0–3, view `bottom` = rows 4–7, in [0, 1].
+
+    The likelihood is inferred: `bounded` (16 grey levels in [0, 1], with mass at 0 and 1). The
+    JPVAE paper protocol passes `likelihoods={"top": "bernoulli", "bottom": "bernoulli"}`.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -19,7 +23,6 @@ def digits_halves() -> MultiViewData:
     cols = [f"px{r}{c}" for r in range(8) for c in range(8)]
     return MultiViewData(
         {"top": x[:, :32], "bottom": x[:, 32:]},
-        likelihoods={"top": "bernoulli", "bottom": "bernoulli"},
         columns={"top": cols[:32], "bottom": cols[32:]},
         obs=pd.DataFrame({"label": d.target}),
     )

@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 
 from ..batch import MultiViewBatch
-from ..models.base import LIKELIHOODS
+from ..likelihoods import DEFAULT_SCALING, LIKELIHOODS, RAW_LIKELIHOODS, check_values, infer_likelihood
 
 SCALINGS = ("standard", "none", "log1p")
-DEFAULT_SCALING = {"gaussian": "standard", "bernoulli": "none", "poisson": "none", "negative_binomial": "none"}
 COLUMN_SEP = ":"
 
 
@@ -56,18 +55,6 @@ def _columns_of(view: str, value) -> list[str]:
     return [f"{view}_{j}" for j in range(d)]
 
 
-def infer_likelihood(values: np.ndarray) -> str:
-    """`bernoulli` for data in [0, 1], `negative_binomial` for non-negative integers, else `gaussian`."""
-    obs = values[~np.isnan(values)]
-    if obs.size == 0:
-        return "gaussian"
-    if obs.min() >= 0 and obs.max() <= 1:
-        return "bernoulli"
-    if obs.min() >= 0 and np.all(obs == np.round(obs)):
-        return "negative_binomial"
-    return "gaussian"
-
-
 class MultiViewData:
     """Views of the same samples: dict view → (n, d_v) float array with NaN for missing.
 
@@ -84,6 +71,7 @@ class MultiViewData:
         columns: Mapping[str, list[str]] | None = None,
         allow_empty_rows: bool = True,
         obs: pd.DataFrame | None = None,
+        check_likelihoods: bool = True,
     ) -> None:
         if isinstance(views, MultiViewData):
             views = views.views
@@ -136,6 +124,8 @@ class MultiViewData:
         for v, lk in likelihoods.items():
             if lk not in LIKELIHOODS:
                 raise ValueError(f"view {v!r}: unknown likelihood {lk!r}; choose one of {LIKELIHOODS}")
+            if check_likelihoods and lk:
+                check_values(v, self.columns[v], self.views[v], lk)
         self.likelihoods = {v: likelihoods.get(v) or infer_likelihood(a) for v, a in self.views.items()}
         if not allow_empty_rows:
             self.check_no_empty_rows()
@@ -184,6 +174,7 @@ class MultiViewData:
             index=self.index[rows],
             columns=self.columns,
             obs=None if self.obs is None else self.obs.iloc[rows],
+            check_likelihoods=False,
         )
 
     def split(self, test_frac: float = 0.2, seed: int = 0) -> tuple[MultiViewData, MultiViewData]:
@@ -196,7 +187,10 @@ class MultiViewData:
 
     def with_views(self, views: Mapping[str, np.ndarray]) -> MultiViewData:
         """The same samples, columns and likelihoods with new values (e.g. corrupted)."""
-        return MultiViewData(views, likelihoods=self.likelihoods, index=self.index, columns=self.columns, obs=self.obs)
+        return MultiViewData(
+            views, likelihoods=self.likelihoods, index=self.index, columns=self.columns, obs=self.obs,
+            check_likelihoods=False,
+        )
 
     def copy(self) -> MultiViewData:
         return self.with_views({v: a.copy() for v, a in self.views.items()})
@@ -254,6 +248,11 @@ def _check_trainable(view: str, a: np.ndarray, columns: list[str]) -> None:
             f"view {view!r}, column(s) {names}: no observed value in the training data, so nothing can be "
             "learnt about them; drop the column(s) or add samples where they are measured"
         )
+    check_magnitude(view, a, columns)
+
+
+def check_magnitude(view: str, a: np.ndarray, columns: list[str]) -> None:
+    """Values so large that scaling or a likelihood overflows are a `ValueError` naming view and column."""
     big = np.abs(np.nan_to_num(a)) > MAX_ABS_VALUE
     if big.any():
         j = int(np.argwhere(big.any(0))[0, 0])
@@ -332,7 +331,7 @@ class ViewSchema:
         scalers = {}
         for v, a in data.views.items():
             kind = scalings.get(v) or DEFAULT_SCALING[data.likelihoods[v]]
-            if kind != "none" and data.likelihoods[v] in ("bernoulli", "poisson", "negative_binomial"):
+            if kind != "none" and data.likelihoods[v] in RAW_LIKELIHOODS:
                 raise ValueError(
                     f"view {v!r}: scaling {kind!r} does not fit likelihood {data.likelihoods[v]!r}, "
                     "which models raw values; use scaling 'none' or a gaussian likelihood"
@@ -381,11 +380,14 @@ class ViewSchema:
                     raise ValueError(f"view {v!r}: columns {missing[:5]} are missing; got {cols[v][:5]}...")
                 order = [cols[v].index(c) for c in expected]
                 data_views[v] = a[:, order]
+        for v in self.columns:
+            check_magnitude(v, data_views[v], self.columns[v])
         return MultiViewData(
             {v: data_views[v] for v in self.columns},
             likelihoods=self.likelihoods,
             index=index,
             columns=self.columns,
+            check_likelihoods=False,
         )
 
     def to_batch(self, data: MultiViewData) -> MultiViewBatch:

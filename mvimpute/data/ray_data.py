@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..batch import MultiViewBatch
+from ..likelihoods import infer_from_stats
 from . import omics
 from .multiview import COLUMN_SEP, DEFAULT_SCALING, MultiViewData, ViewScaler, ViewSchema
 from .spec import COUNT_LIKELIHOODS, DatasetSpec, ResolvedSpec, ViewSource, validate_spec
@@ -224,16 +225,11 @@ def moments(dataset, columns: list[str], batch_size: int = 4096) -> list[float]:
 
 
 def _infer_likelihood(mn: np.ndarray, mx: np.ndarray, nonint: np.ndarray, count: np.ndarray) -> str:
-    """The rule of `multiview.infer_likelihood`, from streamed min / max / integrality."""
+    """The rule of `likelihoods.infer_likelihood`, from streamed min / max / integrality."""
     seen = count > 0
     if not seen.any():
         return "gaussian"
-    lo, hi = mn[seen].min(), mx[seen].max()
-    if lo >= 0 and hi <= 1:
-        return "bernoulli"
-    if lo >= 0 and nonint.sum() == 0:
-        return "negative_binomial"
-    return "gaussian"
+    return infer_from_stats(float(mn[seen].min()), float(mx[seen].max()), bool(nonint.sum() == 0))
 
 
 # ----------------------------------------------------------------------------- the dataset

@@ -55,13 +55,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..models.base import LIKELIHOODS
+from ..likelihoods import LIKELIHOODS, RAW_LIKELIHOODS
 from . import omics
 from .multiview import COLUMN_SEP, SCALINGS
 
 FORMATS = ("parquet", "csv", "h5ad")
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".gz": "csv", ".h5ad": "h5ad"}
-COUNT_LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial")
+COUNT_LIKELIHOODS = RAW_LIKELIHOODS  # likelihoods of raw values: scaling must be "none"
 
 
 class ViewSpec(BaseModel):
@@ -75,7 +75,7 @@ class ViewSpec(BaseModel):
     layer: str | None = None
     columns: list[str] | None = None
     prefix: str | None = None
-    likelihood: Literal["bernoulli", "gaussian", "poisson", "negative_binomial"] | None = None
+    likelihood: Literal["binary", "bounded", "bernoulli", "gaussian", "poisson", "negative_binomial"] | None = None
     scaling: Literal["standard", "none", "log1p"] | None = None
 
     @field_validator("columns")

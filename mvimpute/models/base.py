@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..batch import MultiViewBatch
-
-LIKELIHOODS = ("bernoulli", "gaussian", "poisson", "negative_binomial")
+from ..likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS
+from .calibration import ConformalCalibration
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class ImputationModel(nn.Module):
             raise ValueError("a model needs at least one view")
         self.view_infos = list(views)
         self.config = config
+        self.calibration = ConformalCalibration([v.name for v in views], [v.likelihood for v in views])
+        self.pending_calibration = None  # (ValidationSet, n_samples), set by the training loop
 
     @property
     def view_names(self) -> list[str]:
@@ -77,7 +79,53 @@ class ImputationModel(nn.Module):
         return {v: d.mean(0) for v, d in draws.items()}
 
     def after_fit(self, batches: Callable[[], object]) -> None:
-        """Hook run once training ends, with an iterable factory over the training batches."""
+        """Hook run once training ends, with an iterable factory over the training batches.
+
+        Subclasses fit what they need first and then call this, which fits the conformal
+        calibration on the validation set the training loop left in `pending_calibration`."""
+        pending, self.pending_calibration = self.pending_calibration, None
+        if pending is not None:
+            sets, n_samples = pending
+            self.calibrate(sets, n_samples)
+
+    @staticmethod
+    def view_missing(batch: MultiViewBatch) -> dict[str, torch.Tensor]:
+        """Per view, (n,) bool: the sample's whole view is missing."""
+        return {v: ~batch.view_observed(v) for v in batch.views}
+
+    @torch.no_grad()
+    def calibrate(self, sets, n_samples: int = 100) -> None:
+        """Fit split-conformal calibration (see `calibration.py`) from raw draws: `sets` is a list of
+        (corrupted batch, truth values, hidden masks), scored on the hidden entries (per view, in the
+        model's scaled space)."""
+        was = self.training
+        self.eval()
+        parts = [(self.impute(c, n_samples), t, h, self.view_missing(c)) for c, t, h in sets]
+        self.calibration.fit(parts)
+        self.train(was)
+
+    @torch.no_grad()
+    def sample_draws(self, batch: MultiViewBatch, n_samples: int, calibrated: bool = True) -> dict[str, torch.Tensor]:
+        """Predictive draws (S, n, d_v), stretched by the conformal calibration when fitted and
+        `calibrated`; observed entries keep their values."""
+        draws = self.impute(batch, n_samples)
+        if calibrated:
+            draws = self.keep_observed(batch, self.calibration.stretch_draws(draws, self.view_missing(batch)))
+        return draws
+
+    @torch.no_grad()
+    def intervals(
+        self, batch: MultiViewBatch, level: float = 0.9, n_samples: int = 100, calibrated: bool = True
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Central `level` intervals (lo, hi), each (n, d_v) per view; observed entries give lo = hi = y."""
+        draws = self.impute(batch, n_samples)
+        missing = self.view_missing(batch)
+        out = {}
+        for v, x in draws.items():
+            lo, hi = self.calibration.interval(v, x, level, missing[v], calibrated)
+            obs = batch.masks[v].bool()
+            out[v] = (torch.where(obs, batch.values[v], lo), torch.where(obs, batch.values[v], hi))
+        return out
 
     @staticmethod
     def keep_observed(batch: MultiViewBatch, filled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,6 +197,6 @@ def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
 def encoder_input(batch: MultiViewBatch, view: str, likelihood: str) -> torch.Tensor:
     """`[y with NaN→0, m]`; counts enter on a log scale."""
     y = batch.values[view]
-    if likelihood in ("poisson", "negative_binomial"):
+    if likelihood in COUNT_LIKELIHOODS:
         y = torch.log1p(y.clamp_min(0))
     return torch.cat([y, batch.masks[view]], dim=-1)

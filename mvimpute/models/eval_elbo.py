@@ -3,6 +3,8 @@
 With the posterior q(z|y) q(x|z) frozen, a fresh encoder q_η(z|x) is fitted on ground truth x_t
 to maximise E_{q_η(z|x_t)} log q(x_t|z) − KL(q_η(z|x_t) ‖ q(z|y_t)) over η only: a lower bound
 on log q(x_t|y_t), per sample, summed over features, in the model's (scaled) data space.
+log q(x_t|z) is q(x|z) observed through each view's likelihood (`PosteriorNetworks.link_log_prob`:
+for `bounded` views a censored Gaussian, whose mass at the bounds is a probability).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..batch import MultiViewBatch
-from .base import gaussian_log_prob, soft_floor
+from .base import soft_floor
 from .posterior import kl_gaussians, leaky_mlp, reparameterise
 
 ENCODER_LOGVAR_FLOOR = -14.0
@@ -21,7 +23,7 @@ def _bound(model, encoder, x, m_t, batch, mu_p, lv_p, eps):
     lv = soft_floor(raw, ENCODER_LOGVAR_FLOOR)
     z = reparameterise(mu, lv, eps)
     mu_x, lv_x = model.posterior_x_given_z(z, batch)
-    log_lik = (gaussian_log_prob(x, mu_x, lv_x) * m_t).sum(-1).mean(0)
+    log_lik = (model.posterior.link_log_prob(x, mu_x, lv_x) * m_t).sum(-1).mean(0)
     return log_lik - kl_gaussians(mu, lv, mu_p, lv_p)
 
 
@@ -54,7 +56,7 @@ def evaluation_elbo(
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = leaky_mlp(post.data_dim, hidden or post.hidden, 2 * post.latent_dim).to(device)
+        encoder = leaky_mlp(post.data_dim, hidden or post.hidden, 2 * post.latent_dim).to(device, x_t.dtype)
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -64,16 +66,10 @@ def evaluation_elbo(
         opt = torch.optim.Adam(encoder.parameters(), lr=lr)
         trace: list[float] = []
         for _ in range(steps):
-            rows = (
-                torch.randperm(n, generator=gen, device=device)[:batch_size]
-                if n > batch_size
-                else slice(None)
-            )
+            rows = torch.randperm(n, generator=gen, device=device)[:batch_size] if n > batch_size else slice(None)
             sub = corrupted_batch.select(rows) if n > batch_size else corrupted_batch
             eps = torch.randn(1, x_t[rows].shape[0], post.latent_dim, generator=gen, device=device)
-            bound = _bound(
-                model, encoder, x_t[rows], m_t[rows], sub, mu_p[rows], lv_p[rows], eps
-            ).mean()
+            bound = _bound(model, encoder, x_t[rows], m_t[rows], sub, mu_p[rows], lv_p[rows], eps).mean()
             opt.zero_grad(set_to_none=True)
             (-bound).backward()
             opt.step()
@@ -85,11 +81,7 @@ def evaluation_elbo(
                 sub = corrupted_batch.select(rows)
                 k = x_t[rows].shape[0]
                 eps = torch.randn(n_eval_samples, k, post.latent_dim, generator=gen, device=device)
-                total += float(
-                    _bound(
-                        model, encoder, x_t[rows], m_t[rows], sub, mu_p[rows], lv_p[rows], eps
-                    ).sum()
-                )
+                total += float(_bound(model, encoder, x_t[rows], m_t[rows], sub, mu_p[rows], lv_p[rows], eps).sum())
         value = total / n
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):

@@ -1,8 +1,11 @@
 """The recovery posterior q(x|y) = ∫ q(z|y,m) q(x|z[,y,m]) dz shared by TAE, MVAE and MIWAE.
 
 All three models train the *same* structure (TAE paper, App. C.1), so the difference between
-them is the inference method alone. Views are concatenated into one vector and modelled as
-Gaussian (views arrive scaled: standardised, or in [0, 1] for bernoulli views).
+them is the inference method alone. Views are concatenated into one vector x with a Gaussian
+q(x|z) (views arrive scaled: standardised, or raw for bounded, binary and count views); each
+view's likelihood is the observation of that Gaussian (`likelihoods.link_*`): `bounded` views
+censor it to [0, 1], `binary` views threshold it at ½ (probit), counts round it. Draws are of
+the observation (a censored value, a bit, a count), the point imputation its mean.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import math
 import torch
 from torch import nn
 
+from .. import likelihoods as lk
 from ..batch import MultiViewBatch
-from .base import ImputationModel, ViewInfo, gaussian_log_prob, mlp, soft_cap, soft_floor
+from .base import ImputationModel, ViewInfo, mlp, soft_cap, soft_floor
 
 
 def leaky_mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -52,7 +56,8 @@ def kl_gaussians(
 
 
 class PosteriorNetworks(nn.Module):
-    """q(z|y,m) with input `[y, m]` and q(x|z) (or q(x|z,y,m) when `conditions_on_y`).
+    """q(z|y,m) with input `[y, m]` and q(x|z) (or q(x|z,y,m) when `conditions_on_y`, or q(x|z,m)
+    when `conditions_on_mask`: the mask alone lets q(x|z) widen missing entries without copying y).
 
     `latent_logvar_cap` smoothly caps log σ²_z of q(z|y,m) (None: no cap); all log-variances
     are floored softly at `logvar_floor`.
@@ -66,8 +71,11 @@ class PosteriorNetworks(nn.Module):
         conditions_on_y: bool = False,
         logvar_floor: float = -9.0,
         latent_logvar_cap: float | None = None,
+        conditions_on_mask: bool = False,
     ) -> None:
         super().__init__()
+        self.likelihoods = [v.likelihood for v in views]
+        self.conditions_on_mask = conditions_on_mask and not conditions_on_y
         self.view_names = [v.name for v in views]
         self.dims = [v.dim for v in views]
         self.data_dim = sum(self.dims)
@@ -84,7 +92,8 @@ class PosteriorNetworks(nn.Module):
             persistent=False,
         )
         self.encoder = leaky_mlp(2 * d, hidden, 2 * latent_dim)
-        self.decoder = leaky_mlp(latent_dim + (2 * d if conditions_on_y else 0), hidden, 2 * d)
+        extra = 2 * d if conditions_on_y else d if self.conditions_on_mask else 0
+        self.decoder = leaky_mlp(latent_dim + extra, hidden, 2 * d)
 
     # -- views ↔ one vector
     def observed(self, batch: MultiViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,29 +121,52 @@ class PosteriorNetworks(nn.Module):
     def posterior_x_given_z(self, z: torch.Tensor, batch: MultiViewBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """q(x|z[,y,m]): (μ_x, log σ²_x), each (..., n, D) for z of shape (..., n, J)."""
         h = z
-        if self.conditions_on_y:
-            c = self.condition(batch)
+        if self.conditions_on_y or self.conditions_on_mask:
+            c = self.condition(batch) if self.conditions_on_y else self.observed(batch)[1]
             h = torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], dim=-1)
         mu, raw = self.decoder(h).chunk(2, dim=-1)
         return mu, soft_floor(raw, self.logvar_floor)
 
-    def sample_x(self, batch: MultiViewBatch, n_samples: int) -> torch.Tensor:
-        """Draws z ~ q(z|y,m), x ~ q(x|z[,y,m]): (S, n, D)."""
+    def per_view(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
+        """Apply `fn(likelihood, *view_slices)` view by view along the last dimension and concatenate."""
+        parts = [t.split(self.dims, dim=-1) for t in tensors]
+        return torch.cat([fn(lik, *(p[i] for p in parts)) for i, lik in enumerate(self.likelihoods)], dim=-1)
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """The views' observations of Gaussian draws x (..., D): censored, thresholded or rounded."""
+        return self.per_view(lk.link_sample, x)
+
+    def observation_mean(self, mu_x: torch.Tensor, logvar_x: torch.Tensor) -> torch.Tensor:
+        return self.per_view(lk.link_mean, mu_x, logvar_x)
+
+    def sample_x(self, batch: MultiViewBatch, n_samples: int, extra_logvar: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictive draws: z ~ q(z|y,m), x ~ q(x|z[,y,m]) (+ noise of log-variance `extra_logvar`),
+        observed through each view's likelihood: (S, n, D)."""
         mu_z, lv_z = self.posterior_z(batch)
         z = reparameterise(mu_z, lv_z, torch.randn(n_samples, *mu_z.shape, device=mu_z.device, dtype=mu_z.dtype))
         mu_x, lv_x = self.posterior_x_given_z(z, batch)
-        return reparameterise(mu_x, lv_x)
+        if extra_logvar is not None:
+            lv_x = torch.logaddexp(lv_x, extra_logvar)
+        return self.observe(reparameterise(mu_x, lv_x))
 
-    def mean_x(self, batch: MultiViewBatch, n_z: int = 32) -> torch.Tensor:
-        """E[x|y] as the mean of μ_x over `n_z` seeded draws of z (deterministic): (n, D)."""
+    def mean_x(self, batch: MultiViewBatch, n_z: int = 32, extra_logvar: torch.Tensor | None = None) -> torch.Tensor:
+        """The predictive mean E[y|y_obs] over `n_z` seeded draws of z (deterministic): (n, D)."""
         mu_z, lv_z = self.posterior_z(batch)
         z = reparameterise(mu_z, lv_z, seeded_normal((n_z, *mu_z.shape), mu_z))
-        return self.posterior_x_given_z(z, batch)[0].mean(0)
+        mu_x, lv_x = self.posterior_x_given_z(z, batch)
+        if extra_logvar is not None:
+            lv_x = torch.logaddexp(lv_x, extra_logvar)
+        return self.observation_mean(mu_x, lv_x).mean(0)
 
     def observed_log_lik(self, mu_x: torch.Tensor, logvar_x: torch.Tensor, batch: MultiViewBatch) -> torch.Tensor:
-        """log p(y_obs|z): the Gaussian q(x|z) restricted to observed entries, summed: (..., n)."""
+        """log p(y_obs|z): q(x|z) observed through each view's likelihood on observed entries, summed: (..., n)."""
         y, m = self.observed(batch)
-        return (gaussian_log_prob(y, mu_x, logvar_x) * m).sum(-1)
+        return (self.link_log_prob(y, mu_x, logvar_x) * m).sum(-1)
+
+    def link_log_prob(self, y: torch.Tensor, mu_x: torch.Tensor, logvar_x: torch.Tensor) -> torch.Tensor:
+        """Element-wise log p(y | x ~ N(μ_x, σ²_x)) under each view's observation: (..., n, D)."""
+        y = y.expand(mu_x.shape)
+        return self.per_view(lk.link_log_prob, y, mu_x, logvar_x)
 
 
 class PosteriorModel(ImputationModel):
@@ -157,10 +189,14 @@ class PosteriorModel(ImputationModel):
         out = self.posterior.split(x)
         return out if getattr(self.config, "denoise", False) else self.keep_observed(batch, out)
 
+    def predictive_logvar(self, batch: MultiViewBatch) -> torch.Tensor | None:
+        """Log-variance (n, D) of observation noise added to q(x|z)'s draws (None: none)."""
+        return None
+
     @torch.no_grad()
     def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
-        return self._finish(batch, self.posterior.sample_x(batch, n_samples))
+        return self._finish(batch, self.posterior.sample_x(batch, n_samples, self.predictive_logvar(batch)))
 
     @torch.no_grad()
     def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
-        return self._finish(batch, self.posterior.mean_x(batch))
+        return self._finish(batch, self.posterior.mean_x(batch, extra_logvar=self.predictive_logvar(batch)))

@@ -2,7 +2,8 @@
 
 MVAE maximises E_q(z|y) log p(y_obs|z) − KL(q(z|y) ‖ N(0, I)); MIWAE (Mattei & Frellsen 2019)
 maximises log (1/K) Σ_k p(y_obs|z_k) p(z_k) / q(z_k|y). p(y_obs|z) is the Gaussian p(x|z)
-restricted to observed entries. `loss` is minus the bound averaged over the batch.
+restricted to observed entries and observed through each view's likelihood (a censored Gaussian
+for `bounded` views, probit for `binary`). `loss` is minus the bound averaged over the batch.
 """
 
 from __future__ import annotations
@@ -165,14 +166,14 @@ class MIWAE(_VAEBase):
             w, mu_x, lv_x = self._weighted(sub)
             idx = torch.multinomial(w.T, n_samples, replacement=True).T  # (S, n)
             rows = torch.arange(w.shape[1], device=w.device).expand_as(idx)
-            parts.append(reparameterise(mu_x[idx, rows], lv_x[idx, rows]))
+            parts.append(self.posterior.observe(reparameterise(mu_x[idx, rows], lv_x[idx, rows])))
         return self._finish(batch, torch.cat(parts, dim=1))
 
     @torch.no_grad()
     def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
-        """Σ_k w_k μ_x(z_k), from seeded draws (deterministic)."""
+        """Σ_k w_k E[y | z_k] (the observation's mean under p(x|z_k)), from seeded draws (deterministic)."""
         parts = []
         for sub in self._chunks(batch):
-            w, mu_x, _ = self._weighted(sub, seeded=True)
-            parts.append((w.unsqueeze(-1) * mu_x).sum(0))
+            w, mu_x, lv_x = self._weighted(sub, seeded=True)
+            parts.append((w.unsqueeze(-1) * self.posterior.observation_mean(mu_x, lv_x)).sum(0))
         return self._finish(batch, torch.cat(parts, dim=0))

@@ -1,0 +1,179 @@
+"""The `mvimpute impute` and `mvimpute serve` commands (registered in `mvimpute.cli`).
+
+    mvimpute impute --model-uri models:/mvimpute-jpvae@champion --input in.parquet --output out.parquet \\
+        --id-column sample_id --return std,interval --n-samples 100
+    mvimpute impute --checkpoint model.pt --input in.csv --output out.csv --engine local
+    mvimpute serve --model-uri models:/mvimpute-jpvae@champion      # HTTP on 127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .names import DEFAULT_MODEL_URI, MODEL_URI_ENV
+
+RETURNS = ("mean", "std", "interval", "samples")
+
+ModelUri = Annotated[
+    str | None,
+    typer.Option(
+        "--model-uri",
+        help=f"MLflow model URI (else ${MODEL_URI_ENV}, else {DEFAULT_MODEL_URI}).",
+        show_default=False,
+    ),
+]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", "--model-path", exists=True, help="A local checkpoint instead of a model URI."),
+]
+TrackingUri = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI).")
+]
+
+
+def _returns(values: list[str] | None) -> list[str]:
+    out = []
+    for item in (x.strip() for v in values or [] for x in v.split(",")):
+        if not item:
+            continue
+        if item not in RETURNS:
+            raise typer.BadParameter(f"{item!r}; choose from {', '.join(RETURNS)}", param_hint="--return")
+        out.append(item)
+    return out or ["mean"]
+
+
+def impute(
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", exists=True, help="Wide table: Parquet file or folder, or CSV; columns `view:feature`."
+        ),
+    ],
+    output: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the imputed table (.parquet/.csv).")],
+    model_uri: ModelUri = None,
+    checkpoint: Checkpoint = None,
+    tracking_uri: TrackingUri = None,
+    id_column: Annotated[str | None, typer.Option(help="A column of sample ids to carry through.")] = None,
+    returns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--return", help="Also write std, interval (__lower/__upper), samples (__draws).", show_default="mean"
+        ),
+    ] = None,
+    n_samples: Annotated[int, typer.Option(min=2, help="Posterior draws for std, interval and samples.")] = 100,
+    level: Annotated[float, typer.Option(min=0.0, max=1.0, help="Coverage of the central interval.")] = 0.9,
+    num_workers: Annotated[int, typer.Option(min=1, help="Ray Data actors imputing batches.")] = 1,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu/--no-gpu", help="One GPU per actor.")] = False,
+    engine: Annotated[str, typer.Option(help="ray (Ray Data actor pool) or local (this process).")] = "ray",
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 4096,
+    device: Annotated[str, typer.Option(hidden=True, help="Kept for old scripts; the engine picks the device.")] = "",
+) -> None:
+    """Fill the missing entries of a wide table; every row, its id, the order and observed values are kept."""
+    from .impute_job import impute_table
+    from .predictor import InputError
+
+    if checkpoint is not None and model_uri is not None:
+        raise typer.BadParameter("give --checkpoint or --model-uri, not both", param_hint="--model-uri")
+    if engine not in ("ray", "local"):
+        raise typer.BadParameter(f"{engine!r}; use ray or local", param_hint="--engine")
+    try:
+        result = impute_table(
+            input_path,
+            output,
+            checkpoint=checkpoint,
+            model_uri=model_uri,
+            tracking_uri=tracking_uri,
+            id_column=id_column,
+            outputs=_returns(returns),
+            n_samples=n_samples,
+            level=level,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            batch_size=batch_size,
+            engine=engine,
+        )
+    except InputError as err:
+        where = {"input": "--input", "output": "--output"}.get(str(err.loc[0]) if err.loc else "", None)
+        if id_column is not None and err.loc == (id_column,) and "id column" in err.message:
+            where = "--id-column"
+        raise typer.BadParameter(f"{err.message} (in {str(input_path)!r})", param_hint=where or "--input") from None
+    except ValueError as err:  # bad values inside the table, a model that cannot be loaded
+        raise typer.BadParameter(
+            f"{str(input_path)!r}: {str(err).strip().splitlines()[-1]}", param_hint="--input"
+        ) from None
+    typer.echo(
+        f"imputed {result.missing_filled} missing entries in {result.rows} rows → {output} "
+        f"({result.seconds:.1f} s, model {result.model.get('model_uri') or result.model.get('checkpoint')})"
+    )
+
+
+def serve_command(
+    model_uri: ModelUri = None,
+    checkpoint: Checkpoint = None,
+    tracking_uri: TrackingUri = None,
+    host: Annotated[str, typer.Option(help="HTTP host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="@serve.batch size (1: no batching).")] = 32,
+    max_n_samples: Annotated[int, typer.Option(min=2, help="Cap on n_samples per request.")] = 1000,
+    num_cpus: Annotated[float, typer.Option(help="CPUs per replica.")] = 1.0,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu/--no-gpu", help="One GPU per replica.")] = False,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 2,
+    reload_interval_s: Annotated[float, typer.Option(help="Registry poll for a moved alias (0: never).")] = 30.0,
+) -> None:
+    """Serve the model over HTTP (Ray Serve): POST /impute, GET /healthz, GET /metadata, /docs."""
+    if checkpoint is not None and model_uri is not None:
+        raise typer.BadParameter("give --checkpoint or --model-uri, not both", param_hint="--model-uri")
+    import ray
+    from ray import serve
+
+    root = str(Path(__file__).resolve().parents[1])  # the repository holding serve/ (an editable install)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from serve.app import build_app
+    except ImportError as err:
+        raise typer.BadParameter(f"cannot import serve.app ({err}); run from the repository root") from None
+    args = {
+        "model_uri": model_uri,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "tracking_uri": tracking_uri,
+        "max_batch_size": max_batch_size,
+        "max_n_samples": max_n_samples,
+        "num_cpus": num_cpus,
+        "num_gpus": 1.0 if use_gpu else 0.0,
+        "max_replicas": max_replicas,
+        "reload_interval_s": reload_interval_s,
+    }
+    app_ = build_app(args)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": _forwarded_env(root)})
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app_, name="mvimpute", route_prefix="/")
+    typer.echo(f"serving on http://{host}:{port}  (POST /impute, GET /healthz, GET /metadata, /docs); Ctrl-C stops")
+
+    def _stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        typer.echo("Serve shut down")
+
+
+def _forwarded_env(root: str) -> dict:
+    """What the replicas need from here: the tracking and model URIs, and serve/ on the import path."""
+    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", MODEL_URI_ENV) if k in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return env
