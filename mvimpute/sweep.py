@@ -672,15 +672,17 @@ def _write_outputs(path: str, job: TuneJobConfig, sp: SearchSpace, table) -> Non
 
 
 def _track_sweep(parent, job: TuneJobConfig, sp: SearchSpace, table, best) -> str | None:
-    """The parent run's table, plot and summary; trials stopped from outside marked KILLED; the best
+    """The parent run's table, plot and summary; trials the scheduler stopped marked KILLED; the best
     completed trial's model logged in its child run and registered with the alias."""
     from . import tracking as tr
 
     children = {r.data.tags.get("mvimpute.trial_id"): r for r in tr.child_runs(parent)}
     for _, row in table.iterrows():
         run = children.get(row["trial_id"])
-        if run is not None and not row["completed"]:
-            tr.end_if_running(tr.run_ref(parent, run.info.run_id), "KILLED")
+        if run is not None and not row["completed"] and not isinstance(row["error"], str):
+            # stopped by the scheduler: its run may still read RUNNING (the actor was killed) or FAILED
+            # (its Ray Train run failed as its placement group was released)
+            tr.end_run(tr.run_ref(parent, run.info.run_id), "KILLED")
     table["mlflow_run_id"] = [children[t].info.run_id if t in children else None for t in table["trial_id"]]
     fig = _plot(job, sp, table)
     summary = {"trials": len(table), "trials_completed": int(table["completed"].sum()) if len(table) else 0}
