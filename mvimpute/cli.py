@@ -283,7 +283,7 @@ def fit(
         raise typer.BadParameter(str(err), param_hint="--data") from None
     imp.provenance_ = {"data": job.data, "test_frac": test_frac, "split_seed": split_seed}
     best = next((h for h in imp.history_ if h.get("epoch") == imp.best_epoch_), {})
-    key = next((k for k in ("val_crps", "val_rmse", "train_loss") if k in best), None)
+    key = next((k for k in (f"val_{imp.train_config.val_score}", "train_loss") if k in best), None)  # the selected
     score_text = f"{key} {best[key]:.4g}" if key else "no score"
     path = imp.save(out)
     typer.echo(

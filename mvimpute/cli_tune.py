@@ -20,10 +20,15 @@ from .cli import (
     ParamOpt,
     SeedOpt,
     VerboseOpt,
-    _epilog,
     _job_items,
     app,
 )
+
+
+def _epilog() -> str:
+    from .config import TuneJobConfig, config_help
+
+    return "Config keys and their defaults:\n\n\b\n" + config_help(76, TuneJobConfig)
 
 
 class _Choice:
@@ -53,6 +58,9 @@ def tune(
     num_workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers per trial.", show_default="1")
     ] = None,
+    use_gpu: Annotated[
+        bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.", show_default=False)
+    ] = None,
     name: Annotated[str | None, typer.Option(help="The sweep's name (its folder); --resume needs it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped sweep --name.")] = False,
     tracking_uri: Annotated[
@@ -74,7 +82,7 @@ def tune(
         if value is not None and value not in allowed:
             raise typer.BadParameter(f"{value!r}: choose one of {list(allowed)}", param_hint=option)
     console.configure(verbose)
-    extra = {"cluster.num_workers": num_workers}
+    extra = {"cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
     items = _job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
     from .distributed import ResourceRequestError
     from .sweep import tune_main

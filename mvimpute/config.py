@@ -185,7 +185,6 @@ class TuneSection(BaseModel):
     grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial runs (at least to the end of a warm-up)
     reduction_factor: float = Field(2.0, gt=1)
     name: str | None = None  # the sweep's folder under cluster.storage_path; default <model>-sweep-<time>
-    fail_fast: bool = False  # stop the sweep at the first failed trial (resume it with --resume)
 
 
 class TuneJobConfig(TrainJobConfig):
@@ -249,10 +248,10 @@ def load_job_config(
         raise ValueError("config: " + "; ".join(parts)) from None
 
 
-def config_keys() -> list[tuple[str, object]]:
+def config_keys(kind: type[BaseModel] = TrainJobConfig) -> list[tuple[str, object]]:
     """Every job-config key (dotted) with its default, in file order; `model_params` keys depend on the model."""
     out: list[tuple[str, object]] = []
-    for name, f in TrainJobConfig.model_fields.items():
+    for name, f in kind.model_fields.items():
         if name == "train":
             for tf in fields(TrainConfig):
                 if tf.name != "progress":
@@ -267,9 +266,9 @@ def config_keys() -> list[tuple[str, object]]:
     return out
 
 
-def config_help(width: int = 78) -> str:
+def config_help(width: int = 78, kind: type[BaseModel] = TrainJobConfig) -> str:
     """The keys and defaults as a compact block for `--help` (fits 80 columns)."""
-    items = [f"{k}={'null' if v is None else v}" for k, v in config_keys()]
+    items = [f"{k}={'null' if v is None else v}" for k, v in config_keys(kind)]
     lines, line = [], ""
     for it in items:
         if line and len(line) + 2 + len(it) > width:

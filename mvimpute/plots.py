@@ -130,6 +130,7 @@ def sweep_scores(table, params: list[str], metric: str = "score", log_params: tu
     plt = _plt()
     params = list(params) or ["trial"]
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
+    table = table[np.isfinite(table[metric].to_numpy(dtype=float))]  # trials that failed before a score
     done = table["completed"].astype(bool).to_numpy()
     best = table["champion"].astype(bool).to_numpy()
     y = table[metric].to_numpy(dtype=float)
@@ -147,7 +148,7 @@ def sweep_scores(table, params: list[str], metric: str = "score", log_params: tu
             ax.scatter(x[~done], y[~done], marker="x", s=28, label="stopped early")
         if best.any():
             ax.scatter(x[best], y[best], s=140, facecolors="none", edgecolors="k", label="champion")
-        if numeric and p in log_params:
+        if numeric and p in log_params and (x > 0).any():
             ax.set_xscale("log")
         ax.set(xlabel=p.split(".")[-1], ylabel=metric)
     axes[0][0].legend(fontsize=7)

@@ -9,13 +9,13 @@ value a Tune domain written `{loguniform: [1, 50]}`, `{choice: [a, b]}`, ... or 
 Ray's object store) and every trial reuses them. Each trial is a Tune function that runs the Ray
 Train runner (`run_training`) with Tune's `TuneReportCallback` — the Train-inside-Tune pattern of
 Ray Train V2 — so that the trial's workers report each epoch to Tune. Trials are ranked by
-`score`: the best selectable epoch's validation score (`val_score`, chosen by `train.val_score`: crps or rmse; for TAE only epochs
-after the warm-up). ASHA stops poor trials at its rungs; Optuna (TPE) or random search proposes
-them. The sweep's state lives under `cluster.storage_path/<name>`: an interrupted sweep resumes
-with `Tuner.restore` (`resume=True`), finished trials kept. MLflow: one parent run per sweep with
-the results table and a plot of score against the swept parameters, one child run per trial
-(params, per-epoch metrics); only the best completed trial's model is logged and registered,
-with the alias `champion`.
+`score`: the best selectable epoch's validation score (`val_score`, chosen by `train.val_score`:
+crps or rmse; for TAE only epochs after the warm-up). ASHA stops poor trials at its rungs; Optuna
+(TPE) or random search proposes them. The sweep's state lives under `cluster.storage_path/<name>`:
+an interrupted sweep resumes with `Tuner.restore` (`resume=True`), finished trials kept. MLflow:
+one parent run per sweep with the results table and a plot of score against the swept parameters,
+one child run per trial (params, per-epoch metrics); only the best completed trial's model is
+logged and registered, with the alias `champion`.
 """
 
 from __future__ import annotations
@@ -612,7 +612,7 @@ def tune_main(
                 run_config=tune.RunConfig(
                     name=sweep_name,
                     storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=job.tune.fail_fast),
+                    failure_config=tune.FailureConfig(max_failures=0),
                     callbacks=[lines],
                     verbose=0,
                 ),
@@ -672,15 +672,17 @@ def _write_outputs(path: str, job: TuneJobConfig, sp: SearchSpace, table) -> Non
 
 
 def _track_sweep(parent, job: TuneJobConfig, sp: SearchSpace, table, best) -> str | None:
-    """The parent run's table, plot and summary; trials stopped from outside marked KILLED; the best
+    """The parent run's table, plot and summary; trials the scheduler stopped marked KILLED; the best
     completed trial's model logged in its child run and registered with the alias."""
     from . import tracking as tr
 
     children = {r.data.tags.get("mvimpute.trial_id"): r for r in tr.child_runs(parent)}
     for _, row in table.iterrows():
         run = children.get(row["trial_id"])
-        if run is not None and not row["completed"]:
-            tr.end_if_running(tr.run_ref(parent, run.info.run_id), "KILLED")
+        if run is not None and not row["completed"] and not isinstance(row["error"], str):
+            # stopped by the scheduler: its run may still read RUNNING (the actor was killed) or FAILED
+            # (its Ray Train run failed as its placement group was released)
+            tr.end_run(tr.run_ref(parent, run.info.run_id), "KILLED")
     table["mlflow_run_id"] = [children[t].info.run_id if t in children else None for t in table["trial_id"]]
     fig = _plot(job, sp, table)
     summary = {"trials": len(table), "trials_completed": int(table["completed"].sum()) if len(table) else 0}

@@ -455,16 +455,9 @@ def log_sweep_outputs(parent: RunRef, table, figure, summary: Mapping[str, float
         parent.client.set_tag(parent.run_id, k, str(v))
 
 
-def end_if_running(run: RunRef, status: str = "KILLED") -> None:
-    """Mark a run that was stopped from outside (a trial its scheduler ended) as ended."""
-    if run.client.get_run(run.run_id).info.status == "RUNNING":
-        end_run(run, status)
-
-
 __all__ = [
     "CHAMPION",
     "child_runs",
-    "end_if_running",
     "log_sweep_outputs",
     "run_ref",
     "DEFAULT_TRACKING_URI",

@@ -34,7 +34,7 @@ def model_path(tmp_path_factory) -> Path:
                  "--out", out, "--param", "hidden=[32,32]", "--param", "latent_dim=4", "--param", "batch_size=512",
                  "--device", "cpu")
     assert res.exit_code == 0, res.output
-    assert re.search(r"best epoch \d+ of 2 \(val_rmse \d", res.output), res.output
+    assert re.search(r"best epoch \d+ of 2 \(val_crps \d", res.output), res.output  # the default selection score
     assert len(re.findall(r"^epoch \d/2 ", res.output, flags=re.M)) == 2, res.output  # a line per epoch off a terminal
     assert re.search(r"in \d+\.\d+ s", res.output)
     return out
