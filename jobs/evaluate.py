@@ -13,5 +13,10 @@ tracking URI (--tracking-uri or MLFLOW_TRACKING_URI) or --mlflow, also one MLflo
 
 from mvimpute.cli import run_command
 
+
+def main(argv: list[str] | None = None) -> None:
+    run_command("evaluate", "python jobs/evaluate.py", argv)
+
+
 if __name__ == "__main__":
-    run_command("evaluate", "python jobs/evaluate.py")
+    main()

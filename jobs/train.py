@@ -16,5 +16,10 @@ A Ray cluster (MLflow server reachable from every node; storage shared by the no
 
 from mvimpute.cli import run_command
 
+
+def main(argv: list[str] | None = None) -> None:
+    run_command("train", "python jobs/train.py", argv)
+
+
 if __name__ == "__main__":
-    run_command("train", "python jobs/train.py")
+    main()

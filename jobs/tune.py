@@ -10,7 +10,7 @@ per finished trial and a summary (best trial and score, MLflow parent run, model
     python jobs/tune.py --resume --name jpvae-sweep-20261201-190000     # continue a stopped sweep
 """
 
-from mvimpute.cli import command
+from mvimpute.cli import run_command
 
 if __name__ == "__main__":
-    command("tune").main(prog_name="python jobs/tune.py")
+    run_command("tune", "python jobs/tune.py")

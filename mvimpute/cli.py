@@ -522,9 +522,14 @@ def command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
-def run_command(name: str, prog_name: str) -> None:
-    """Run one command as a program: the `jobs/*.py` wrappers (`python jobs/train.py --help`)."""
-    command(name).main(prog_name=prog_name, **app.info.context_settings)
+def run_command(name: str, prog_name: str, argv: list[str] | None = None) -> None:
+    """Run one command as a program: the `jobs/*.py` wrappers (`python jobs/train.py --help`).
+    Exits like a program; called with `argv` (tests), returns normally on success."""
+    try:
+        command(name).main(args=argv, prog_name=prog_name, **app.info.context_settings)
+    except SystemExit as stop:
+        if stop.code not in (0, None) or argv is None:
+            raise
 
 
 def main() -> None:  # pragma: no cover

@@ -131,6 +131,6 @@ def test_metadata_describes_the_model(predictor):
     meta = predictor.metadata()
     assert meta["model"] == "jpvae"
     assert meta["views"] == {
-        v: {"width": 32, "likelihood": "bernoulli", "columns": predictor.schema.columns[v]} for v in ("top", "bottom")
+        v: {"width": 32, "likelihood": "bounded", "columns": predictor.schema.columns[v]} for v in ("top", "bottom")
     }
     assert "calibration" in meta and pd.isna(meta.get("version", np.nan))
