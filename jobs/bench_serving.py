@@ -4,8 +4,6 @@ Loopback only (127.0.0.1), bounded request counts; compared runs alternate, repe
 Not part of the library (it would ship inside every logged model).
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import statistics
