@@ -24,6 +24,11 @@ MAX_INSTANCES = 50
 MAX_BODY = 64 * 1024
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _boot_mlflow_early(mlflow_process):  # noqa: F811  (the server boots while the models train)
+    yield
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two small JPVAEs on digits-halves (different seeds): versions 1 and 2 of the registered model."""
