@@ -255,14 +255,17 @@ def test_pyfunc_takes_params_and_ships_no_benchmark_code(mlflow_server, register
     for c in ("bottom:px44", "top:px03"):
         assert {f"{c}__std", f"{c}__lower", f"{c}__upper", f"{c}__draws"} <= set(full.columns)
     assert (full["bottom:px44__std"] > 0).all() and (full["top:px03__std"] == 0).all()
-    assert (full["bottom:px44__lower"] <= full["bottom:px44"]).all() and len(full["bottom:px44__draws"].iloc[0]) == 12
+    # level 0.5 from 12 draws: a narrow interval, which the plug-in mean (decoder at the latent mean)
+    # need not lie in; containment of the mean is checked over HTTP at level 0.8
+    assert (full["bottom:px44__lower"] <= full["bottom:px44__upper"]).all()
+    assert len(full["bottom:px44__draws"].iloc[0]) == 12
     np.testing.assert_array_equal(full[list(frame.columns)].to_numpy()[~frame.isna().to_numpy()],
                                   frame.to_numpy()[~frame.isna().to_numpy()])
     # the logged code is the package without the benchmarks, the CLI or the Ray Train runner
     client = MlflowClient(mlflow_server)
     mv = client.get_model_version(MODEL, "1")
     local = tracking.fetch_checkpoint(f"models:/{MODEL}/1", mlflow_server)[0]
-    assert local.name == "model.pt"
+    assert local.name == "model0.pt" and Predictor.from_checkpoint(local, device="cpu").view_names == ["top", "bottom"]
     import mlflow
 
     code = mlflow.artifacts.download_artifacts(
