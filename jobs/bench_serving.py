@@ -4,8 +4,6 @@ Loopback only (127.0.0.1), bounded request counts; compared runs alternate, repe
 Not part of the library (it would ship inside every logged model).
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import statistics
@@ -220,27 +218,25 @@ def serve_load(users: int = 16, requests: int = 2000, run_time_s: int = 60, out:
               name="mvimpute", route_prefix="/")
     body = tmp / "body.json"
     body.write_text(json.dumps(_body(kind)))
-    csv = tmp / "locust"
     cmd = [
         sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")), "--headless",
         "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{run_time_s}s",
-        "--host", f"http://127.0.0.1:{port}", "--csv", str(csv), "--only-summary", "--loglevel", "WARNING",
+        "--host", f"http://127.0.0.1:{port}", "--only-summary", "--loglevel", "WARNING",
     ]
-    env = {**__import__("os").environ, "MVIMPUTE_LOCUST_BODY": str(body), "MVIMPUTE_LOCUST_REQUESTS": str(requests)}
+    summary = tmp / "summary.json"
+    env = {**__import__("os").environ, "MVIMPUTE_LOCUST_BODY": str(body), "MVIMPUTE_LOCUST_REQUESTS": str(requests),
+           "MVIMPUTE_LOCUST_SUMMARY": str(summary)}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=run_time_s + 60)
     finally:
         serve.shutdown()
         ray.shutdown()
-    import pandas as pd
-
-    stats = pd.read_csv(f"{csv}_stats.csv")
-    total = stats[stats["Name"] == "Aggregated"].iloc[0]
+    if not summary.exists():
+        raise RuntimeError(f"locust wrote no summary (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    total = json.loads(summary.read_text())
     result = {
-        "bench": "serve-load", "users": users, "requests_cap": requests, "kind": kind,
-        "requests": int(total["Request Count"]), "failures": int(total["Failure Count"]),
-        "req_per_s": float(total["Requests/s"]), "p50_ms": float(total["50%"]), "p99_ms": float(total["99%"]),
+        "bench": "serve-load", "users": users, "requests_cap": requests, "kind": kind, **total,
         "wall_s": time.perf_counter() - t0, "locust_rc": proc.returncode,
     }
     table = ("| users | requests | failures | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n"

@@ -26,8 +26,23 @@ class ImputeUser(HttpUser):
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
 
 
-@events.init.connect
+@events.init.add_listener
 def _loopback_only(environment, **_):
     host = environment.host or ""
     if not host.startswith(("http://127.", "http://localhost")):
         raise SystemExit(f"refusing to load-test {host!r}: loopback only")
+
+
+@events.test_stop.add_listener
+def _summary(environment, **_):
+    """Totals for the benchmark (the CSV files can miss requests when the run stops itself)."""
+    out = os.environ.get("MVIMPUTE_LOCUST_SUMMARY")
+    if not out:
+        return
+    import json
+
+    t = environment.stats.total
+    Path(out).write_text(json.dumps({
+        "requests": t.num_requests, "failures": t.num_failures, "req_per_s": t.total_rps,
+        "p50_ms": t.get_response_time_percentile(0.5), "p99_ms": t.get_response_time_percentile(0.99),
+    }))

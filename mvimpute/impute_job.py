@@ -18,6 +18,7 @@ the registry or a shared file system.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,7 +32,8 @@ import pyarrow as pa
 from .data.multiview import COLUMN_SEP
 from .predictor import InputError, Predictor, default_model_uri
 
-_MISSING = "__mvimpute_missing__"  # per-row count of filled entries, dropped by the driver
+_MISSING = "__mvimpute_missing__"
+_ERROR = "__mvimpute_error__"  # per-row count of filled entries, dropped by the driver
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 BATCH_SIZE = 4096
 
@@ -42,7 +44,7 @@ def table_format(path: str | Path, role: str) -> str:
         return "parquet"
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise InputError((role,), f"{str(path)!r}: use a file ending in one of {sorted(FORMATS)}")
+        raise InputError((role,), f"{str(path)!r}: use a file ending in one of {sorted(FORMATS)}", what=None)
     return fmt
 
 
@@ -73,7 +75,11 @@ class ImputeBatch:
         self.options = options
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
-        out = impute_frame(self.predictor, batch, self.id_column, **self.options)
+        try:
+            out = impute_frame(self.predictor, batch, self.id_column, **self.options)
+        except ValueError as err:
+            # handed to the driver as data: it stops the run cleanly (a raising actor can be left holding its CPU)
+            return pa.table({_ERROR: [str(err)]})
         out[_MISSING] = _n_missing(batch, self.predictor, self.id_column, per_row=True)
         # an Arrow table, so draws stay list<double> columns (Ray would turn arrays into tensor columns)
         return pa.Table.from_pandas(out, preserve_index=False)
@@ -97,21 +103,25 @@ def impute_frame(predictor: Predictor, frame: pd.DataFrame, id_column: str | Non
 def check_columns(predictor: Predictor, columns: Sequence[str], dtypes: dict, id_column: str | None) -> None:
     """The table's columns against the model before any work starts: an `InputError` naming the column."""
     if id_column is not None and id_column not in columns:
-        raise InputError((id_column,), f"no id column {id_column!r}; the table has {list(columns)[:8]}...")
+        raise InputError((id_column,), f"no id column {id_column!r}; the table has {list(columns)[:8]}...", what=None)
     expected = {f"{v}{COLUMN_SEP}{c}" for v, cs in predictor.schema.columns.items() for c in cs}
     for c in columns:
         if c == id_column:
             continue
         if COLUMN_SEP not in c:
-            raise InputError((c,), f"column {c!r} is not named 'view{COLUMN_SEP}feature' (nor is it the id column)")
+            raise InputError(
+                (c,), f"column {c!r} is not named 'view{COLUMN_SEP}feature' (nor is it the id column)", what=None
+            )
         view = c.split(COLUMN_SEP, 1)[0]
         if view not in predictor.schema.columns:
-            raise InputError((c,), f"column {c!r}: unknown view {view!r}; the model has views {predictor.view_names}")
+            raise InputError(
+                (c,), f"column {c!r}: unknown view {view!r}; the model has views {predictor.view_names}", what=None
+            )
         if c not in expected:
-            raise InputError((c,), f"column {c!r}: the model's view {view!r} has no feature of that name")
+            raise InputError((c,), f"column {c!r}: the model's view {view!r} has no feature of that name", what=None)
         t = dtypes.get(c)
         if t is not None and not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)):
-            raise InputError((c,), f"column {c!r} has type {t}, not a number")
+            raise InputError((c,), f"column {c!r} has type {t}, not a number", what=None)
 
 
 class _AtomicFile:
@@ -167,8 +177,9 @@ class TableWriter:
 def _read_schema(path: Path, fmt: str) -> tuple[list[str], dict]:
     if fmt == "csv":
         head = pd.read_csv(path, nrows=1000)
-        return list(head.columns), {c: pa.from_numpy_dtype(head[c].dtype) if head[c].dtype != object else pa.string()
-                                    for c in head.columns}
+        return list(head.columns), {
+            c: pa.from_numpy_dtype(head[c].dtype) if head[c].dtype != object else pa.string() for c in head.columns
+        }
     import pyarrow.dataset as pds
 
     schema = pds.dataset(str(path), format="parquet").schema
@@ -220,7 +231,7 @@ def impute_table(
     t0 = time.perf_counter()
     input, output = Path(input), Path(output)
     if not input.exists():
-        raise InputError(("input",), f"no such file or folder: {str(input)!r}")
+        raise InputError(("input",), f"no such file or folder: {str(input)!r}", what=None)
     in_fmt = table_format(input, "input")
     table_format(output, "output")
     if engine not in ("ray", "local"):
@@ -242,15 +253,39 @@ def impute_table(
                 missing += _n_missing(frame, predictor, id_column)
                 writer.write(impute_frame(predictor, frame, id_column, **options))
         else:
-            for frame, n_miss in _ray_batches(
+            batches = _ray_batches(
                 input, in_fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size
-            ):
-                missing += n_miss
-                writer.write(frame)
+            )
+            try:
+                for frame, n_miss in batches:
+                    missing += n_miss
+                    writer.write(frame)
+            except Exception as err:
+                cause = _user_error(err)
+                if cause is None:
+                    raise
+                raise cause from None
+            finally:
+                batches.close()  # stops the Ray Data executor now, not when a traceback lets go of it
         ok = True
     finally:
         writer.close(ok)
     return ImputeJobResult(output, writer.rows, missing, time.perf_counter() - t0, dict(predictor.info))
+
+
+def _user_error(err: BaseException) -> ValueError | None:
+    """The `ValueError` a batch raised inside an actor (Ray wraps it in RayTaskError / UserCodeException,
+    sometimes only as text: then its last `ValueError: ...` line)."""
+    texts = []
+    for _ in range(8):
+        if err is None:
+            break
+        if isinstance(err, ValueError) and type(err).__module__.split(".")[0] != "ray":
+            return err
+        texts.append(str(err))
+        err = getattr(err, "cause", None) or err.__cause__
+    found = re.findall(r"^\s*(?:\w+\.)*(?:ValueError|InputError): (.+)$", "\n".join(texts), flags=re.M)
+    return ValueError(found[-1].strip()) if found else None
 
 
 def _n_missing(frame: pd.DataFrame, predictor: Predictor, id_column: str | None, per_row: bool = False):
@@ -276,8 +311,9 @@ def _ray_batches(path, fmt, blob, device, id_column, options, num_workers, use_g
     before = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # rows leave in the order they came in
     try:
-        yield from _ray_pipeline(ray, path, fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus,
-                                 batch_size)
+        yield from _ray_pipeline(
+            ray, path, fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size
+        )
     finally:
         ctx.execution_options.preserve_order = before
 
@@ -302,9 +338,18 @@ def _ray_pipeline(ray, path, fmt, blob, device, id_column, options, num_workers,
     )
     import pyarrow.compute as pc
 
-    for table in imputed.iter_batches(batch_size=None, batch_format="pyarrow"):
-        n = pc.sum(table.column(_MISSING)).as_py() or 0
-        yield table.drop_columns([_MISSING]), int(n)
+    tables = imputed.iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        for table in tables:
+            if _ERROR in table.column_names:
+                errors = [e for e in table.column(_ERROR).to_pylist() if e]
+                if errors:
+                    raise ValueError(errors[0])
+                table = table.drop_columns([_ERROR])
+            n = pc.sum(table.column(_MISSING)).as_py() or 0
+            yield table.drop_columns([_MISSING]), int(n)
+    finally:
+        getattr(tables, "close", lambda: None)()
 
 
 __all__ = ["ImputeBatch", "ImputeJobResult", "TableWriter", "check_columns", "impute_frame", "impute_table"]

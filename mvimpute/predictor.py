@@ -40,10 +40,10 @@ def default_model_uri(model_uri: str | None = None) -> str:
 class InputError(ValueError):
     """Bad input; `loc` names where: (instance, view, position) for instances, (column,) for frames."""
 
-    def __init__(self, loc: tuple, message: str) -> None:
+    def __init__(self, loc: tuple, message: str, what: str | None = "instances") -> None:
         self.loc = tuple(loc)
         where = "".join(f"[{p!r}]" for p in self.loc)
-        super().__init__(f"instances{where}: {message}" if self.loc else message)
+        super().__init__(f"{what}{where}: {message}" if self.loc and what else message)
         self.message = message
 
 
@@ -338,7 +338,7 @@ class Predictor:
         ids = None
         if id_column is not None:
             if id_column not in frame.columns:
-                raise InputError((id_column,), f"no column {id_column!r}")
+                raise InputError((id_column,), f"no column {id_column!r}", what=None)
             ids = frame[id_column].to_numpy()
             frame = frame.drop(columns=[id_column])
         out = self.predict(frame.reset_index(drop=True), **kwargs).to_frame().reset_index(drop=True)

@@ -24,6 +24,11 @@ MAX_INSTANCES = 50
 MAX_BODY = 64 * 1024
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _boot_mlflow_early(mlflow_process):  # noqa: F811  (the server boots while the models train)
+    yield
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two small JPVAEs on digits-halves (different seeds): versions 1 and 2 of the registered model."""
@@ -279,7 +284,7 @@ def test_pyfunc_takes_params_and_ships_no_benchmark_code(mlflow_server, register
     client = MlflowClient(mlflow_server)
     mv = client.get_model_version(MODEL, "1")
     local = tracking.fetch_checkpoint(f"models:/{MODEL}/1", mlflow_server)[0]
-    assert local.name == "model.pt"
+    assert local.name == "model0.pt" and Predictor.from_checkpoint(local, device="cpu").view_names == ["top", "bottom"]
     import mlflow
 
     code = mlflow.artifacts.download_artifacts(
