@@ -175,7 +175,7 @@ def test_h5mu_modalities_are_views_and_absent_samples_have_the_view_missing(ray_
     # downstream is unchanged: streamed scaling statistics match the collected data
     schema, n = rmv.fit_schema()
     assert n == len(got.index)
-    assert schema.likelihoods["rna"] == "negative_binomial" and schema.likelihoods["meth"] == "bernoulli"
+    assert schema.likelihoods["rna"] == "negative_binomial" and schema.likelihoods["meth"] == "bounded"
     prot = got.views["prot"]
     np.testing.assert_allclose(schema.scalers["prot"].mean, np.nanmean(prot, 0), rtol=1e-10)
     np.testing.assert_allclose(schema.scalers["prot"].std, np.nanstd(prot, 0, ddof=1), rtol=1e-10)
