@@ -78,7 +78,7 @@ def test_job_entry_point_runs_the_same_call(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("evaluate_job", path)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    job.main(["--data", "digits-halves", "--models", "--baselines", "column-mean", "knn", "--mechanisms", "view",
+    job.main(["--data", "digits-halves", "--models", "", "--baselines", "column-mean,knn", "--mechanisms", "view",
               "--rates", "0.5", "--seeds", "3", "--out", str(tmp_path), "--no-progress"])
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in rows] == ["column-mean", "knn"] and {r["seed"] for r in rows} == {3}
