@@ -469,9 +469,11 @@ class JPVAE(ImputationModel):
         return self.keep_observed(batch, out)
 
     @torch.no_grad()
-    def impute_mean(self, batch: MultiViewBatch, n_z: int = 32) -> dict[str, torch.Tensor]:
+    def impute_mean(self, batch: MultiViewBatch, n_z: int = 128) -> dict[str, torch.Tensor]:
         """The predictive mean E[y | observed]: the decoders' means averaged over `n_z` latent draws
-        (from a fixed seed, the same for every row: deterministic, whatever the batch). Departure from
+        (from a fixed seed, the same for every row: deterministic, whatever the batch; 128 draws, as the
+        shared noise makes the Monte Carlo error common to all rows — on digits-halves, view hidden, RMSE
+        0.251 with 32 shared draws, 0.248 with 128, 0.249 with 32 independent ones). Departure from
         MODELS.md, which decodes the conditional
         latent mean; on digits-halves (50 % of views hidden, seed 0) the plug-in gave RMSE 0.249 and
         this 0.239."""
