@@ -114,15 +114,18 @@ def train_main(
         if run is not None:
             tr.end_run(run, status)
     if echo:
-        for line in summary_lines(result, run.run_id if run else None, model_uri, run.tracking_uri if run else None):
+        uri = run.tracking_uri if run else None
+        for line in summary_lines(result, run.run_id if run else None, model_uri, uri, job.train["val_score"]):
             print(line, flush=True)
     return TrainJobResult(run.run_id if run else None, model_uri, result.checkpoint_path, result)
 
 
-def summary_lines(result, run_id: str | None, model_uri: str | None, tracking_uri: str | None):
-    """The final summary of a train run: best epoch and score, run id, model URI, checkpoint."""
+def summary_lines(
+    result, run_id: str | None, model_uri: str | None, tracking_uri: str | None, val_score: str = "crps"
+):
+    """The final summary of a train run: best epoch and the score that selected it, run id, model URI, checkpoint."""
     best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
-    key = next((k for k in ("val_crps", "val_rmse", "train_loss") if k in best), None)
+    key = next((k for k in (f"val_{val_score}", "train_loss") if k in best), None)
     score = f"{key} {best[key]:.4g}" if key else "no score"
     yield f"best epoch {result.best_epoch} of {len(result.history)} ({score})"
     yield f"MLflow run {run_id or '-'}" + (f" at {tracking_uri}" if run_id else " (tracking off)")
