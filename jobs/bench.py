@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--model", default="jpvae")
     r.add_argument("--threads", type=int, default=1, help="torch threads in-process (0: torch's default)")
     r.add_argument("--no-default-threads-run", action="store_true", help="skip the in-process run at default threads")
+    r.add_argument("--repeats", type=int, default=3, help="Ray runs, each bracketed by in-process runs")
     r.add_argument("--out", default="outputs/bench")
     m = sub.add_parser("ray-memory", help="peak RSS/PSS of a Ray Train run as the Parquet input grows")
     m.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
@@ -122,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         import bench_serving as bs  # beside this file
 
         if args.bench == "serve-latency":
-            bs.serve_latency(tuple(args.concurrency), args.repeats, args.requests, args.rows_requests, args.out,
-                             args.checkpoint)
+            bs.serve_latency(
+                tuple(args.concurrency), args.repeats, args.requests, args.rows_requests, args.out, args.checkpoint
+            )
         elif args.bench == "serve-load":
             bs.serve_load(args.users, args.requests, args.run_time, args.out, args.checkpoint, args.kind)
         else:
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             threads=args.threads or None,
             default_threads_run=not args.no_default_threads_run,
             out_dir=args.out,
+            repeats=args.repeats,
         )
     elif args.bench == "ray-memory":
         benchmarks.ray_memory(

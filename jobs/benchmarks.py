@@ -508,6 +508,7 @@ def ray_throughput(
     rows_per_file: int = RAY_BENCH_ROWS_PER_FILE,
     out_dir: str | Path = "outputs/bench",
     work_dir: str | Path | None = None,
+    repeats: int = 3,
 ) -> dict:
     """Training throughput through Ray Train (1 worker, Ray Data streaming from per-view Parquet files)
     as a ratio of the in-process loop (`MultiViewImputer.fit`), same model, data and batch size, side
@@ -516,10 +517,11 @@ def ray_throughput(
     Throughput is samples/s over the training epochs (`epoch_seconds`: the loop's training pass,
     Ray start-up, data preparation, validation scoring and checkpoints excluded); end-to-end wall
     times include everything (reading the Parquet files, Ray start-up). `threads` sets torch's
-    thread count for the in-process run (default 1: what the 1-CPU Ray worker gets). The in-process
-    loop runs just before and just after the Ray run, and the ratio is against the mean of the two
-    (the load of a shared machine drifts); with `default_threads_run` it also runs at torch's default
-    thread count."""
+    thread count for the in-process run (default 1: what the 1-CPU Ray worker gets). The runners
+    alternate `repeats` times, in-process first and last (in, ray, in, ray, ..., in); each Ray run's
+    ratio is against the mean of the in-process runs just before and just after it (the load of a
+    shared machine drifts), and the result gives the median ratio and its range. With
+    `default_threads_run` one more in-process run uses torch's default thread count."""
     import os
     import tempfile
 
@@ -527,7 +529,9 @@ def ray_throughput(
     data = load_dataset("synthetic-omics", n_samples=n_samples)
     train = dict(epochs=epochs, batch_size=batch_size, patience=None, seed=0, progress=False)
     matched = threads or default_threads
-    order = [("in-process", matched), ("ray-train", None), ("in-process", matched)]  # the load may drift: bracket
+    order = [("in-process", matched)]
+    for _ in range(max(1, repeats)):
+        order += [("ray-train", None), ("in-process", matched)]  # every Ray run bracketed by in-process runs
     if default_threads_run and matched != default_threads:
         order.append(("in-process", default_threads))
     with tempfile.TemporaryDirectory(prefix="mvimpute-bench-", dir=work_dir) as tmp:
@@ -535,32 +539,43 @@ def ray_throughput(
         runs = []
         for i, (runner, n_threads) in enumerate(order):
             if runner == "ray-train":
-                run = _ray_run(spec, model, train, Path(tmp) / "ray")
+                run = _ray_run(spec, model, train, Path(tmp) / f"ray-{i}")
             else:
                 run = _in_process_run(spec, model, train, n_threads)
             runs.append({"order": i, **run})
             print(json.dumps(runs[-1]), flush=True)
     torch.set_num_threads(default_threads)
-    ray_run = runs[1]
+    n_ray = max(1, repeats)
+    ray_idx = [1 + 2 * k for k in range(n_ray)]
 
-    def ratio(key: str, refs: list[dict]) -> float:
-        return ray_run[key] / float(np.mean([r[key] for r in refs]))
+    def ratios(key: str) -> list[float]:
+        return [runs[i][key] / float(np.mean([runs[i - 1][key], runs[i + 1][key]])) for i in ray_idx]
 
+    def stats(xs: list[float]) -> dict:
+        return {"median": float(np.median(xs)), "min": float(min(xs)), "max": float(max(xs)), "values": xs}
+
+    all_epochs, steady = stats(ratios("samples_per_s")), stats(ratios("samples_per_s_steady"))
+    end_to_end = stats(ratios("end_to_end_s"))
     res = {
         "data": f"synthetic-omics n={n_samples} ({len(data.view_names)} views, "
         f"{sum(len(c) for c in data.columns.values())} columns)",
         "model": model,
         "train": train,
         "rows_per_file": rows_per_file,
-        # against the mean of the in-process runs just before and just after the Ray run
-        "ratio": ratio("samples_per_s", runs[0:3:2]),
-        "ratio_steady": ratio("samples_per_s_steady", runs[0:3:2]),
+        "repeats": n_ray,
+        # each Ray run against the mean of the in-process runs just before and just after it
+        "ratio": all_epochs["median"],
+        "ratio_steady": steady["median"],
+        "ratio_stats": all_epochs,
+        "ratio_steady_stats": steady,
+        "end_to_end_ratio_stats": end_to_end,
         "runs": runs,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
     }
-    if len(runs) > 3:
-        res["ratio_vs_default_threads"] = ratio("samples_per_s", runs[3:])
-        res["ratio_steady_vs_default_threads"] = ratio("samples_per_s_steady", runs[3:])
+    extra = runs[2 * n_ray + 1 :]
+    if extra:
+        ray_mean = float(np.mean([runs[i]["samples_per_s"] for i in ray_idx]))
+        res["ratio_vs_default_threads"] = ray_mean / extra[0]["samples_per_s"]
     lines = [
         "| # | runner | torch threads | samples/s (all epochs) | samples/s (epochs ≥ 2) | per-epoch s | end-to-end s |",
         "|---|---|---|---|---|---|---|",
@@ -572,15 +587,16 @@ def ray_throughput(
             f"| {r['end_to_end_s']:.1f} |"
         )
     lines.append(
-        f"\nRay / in-process ({matched} thread(s), mean of runs 1 and 3): {res['ratio']:.2f}× over all epochs, "
-        f"{res['ratio_steady']:.2f}× after the first epoch"
+        f"\nRay / in-process ({matched} thread(s)), {n_ray} Ray runs each against the in-process runs around it: "
+        f"median {all_epochs['median']:.2f}× ({all_epochs['min']:.2f}–{all_epochs['max']:.2f}) over all epochs, "
+        f"{steady['median']:.2f}× ({steady['min']:.2f}–{steady['max']:.2f}) after the first epoch; end-to-end "
+        f"wall time {end_to_end['median']:.2f}× ({end_to_end['min']:.2f}–{end_to_end['max']:.2f})"
         + (
-            f"; vs in-process at {default_threads} threads: {res['ratio_vs_default_threads']:.2f}× / "
-            f"{res['ratio_steady_vs_default_threads']:.2f}×"
-            if len(runs) > 3
+            f"; mean Ray throughput vs in-process at {default_threads} threads: {res['ratio_vs_default_threads']:.2f}×"
+            if extra
             else ""
         )
-        + f". Ray start-up (ray.init) {ray_run['ray_init_s']:.1f} s."
+        + "."
     )
     text = "\n".join(lines)
     _write(Path(out_dir), "ray_throughput", [res], text)
@@ -759,8 +775,9 @@ def tune_trial_cost(
 ) -> dict:
     """A one-trial sweep (`tune_main`, FIFO, no MLflow) against the same fit in-process
     (`MultiViewImputer.fit`, same data, model, config and validation split), alternated `repeats`
-    times. Reports the trial's own time (Tune's `time_total_s`), the sweep's end-to-end wall time
-    and the in-process fit's, with the ratios' median and spread."""
+    times, each time also with the trial training in its own process (`tune.runner=local`). Reports the
+    trials' own times (Tune's `time_total_s`), the sweeps' end-to-end wall times and the in-process
+    fit's, with the ratios' median and spread."""
     import ray
     import torch
     import yaml
@@ -778,11 +795,12 @@ def tune_trial_cost(
     space.write_text(yaml.safe_dump({"train": {"lr": train["lr"]}}))  # nothing swept: the same fit
     if not ray.is_initialized():
         ray.init(**ray_init_kwargs())
-    rows = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        imp = MultiViewImputer(model, **params, **train, progress=False).fit(data)
-        t_in = time.perf_counter() - t0
+    from mvimpute.config import TrainConfig
+
+    metric = TrainConfig(**train).select_metric
+
+    def sweep(r: int, runner: str):
+        cluster = {"storage_path": str((out / "ray").resolve())}
         t0 = time.perf_counter()
         res = tune_main(
             {
@@ -790,19 +808,29 @@ def tune_trial_cost(
                 "model": model,
                 "model_params": params,
                 "train": train,
-                "cluster": {"storage_path": str((out / "ray").resolve())},
+                "cluster": cluster,
                 "mlflow": {"enabled": False},
                 "tune": {
                     "num_samples": 1,
                     "search": "random",
                     "scheduler": "fifo",
+                    "runner": runner,
                     "name": f"cost-{r}-{time.time_ns()}",
                 },
             },
             space=space,
             echo=False,
         )
-        t_sweep = time.perf_counter() - t0
+        return res, time.perf_counter() - t0
+
+    rows = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        imp = MultiViewImputer(model, **params, **train, progress=False).fit(data)
+        t_in = time.perf_counter() - t0
+        res, t_sweep = sweep(r, "train")  # the default: each trial a Ray Train run
+        local, t_sweep_local = sweep(r, "local")  # tune.runner=local: the trial's process trains
+        t_local = float(local.result_grid[0].metrics["time_total_s"])
         t_trial = float(res.result_grid[0].metrics["time_total_s"])
         row = {
             "repeat": r,
@@ -811,13 +839,29 @@ def tune_trial_cost(
             "sweep_s": t_sweep,
             "trial_ratio": t_trial / t_in,
             "sweep_ratio": t_sweep / t_in,
-            "in_process_best": float(min(h["val_rmse"] for h in imp.history_)),
+            "trial_local_s": t_local,
+            "sweep_local_s": t_sweep_local,
+            "trial_local_ratio": t_local / t_in,
+            "sweep_local_ratio": t_sweep_local / t_in,
+            "trial_local_score": float(local.best_score),
+            "metric": metric,
+            "in_process_best": float(min(h[metric] for h in imp.history_)),
             "trial_score": float(res.best_score),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {}
-    for key in ("in_process_s", "trial_s", "sweep_s", "trial_ratio", "sweep_ratio"):
+    for key in (
+        "in_process_s",
+        "trial_s",
+        "sweep_s",
+        "trial_ratio",
+        "sweep_ratio",
+        "trial_local_s",
+        "sweep_local_s",
+        "trial_local_ratio",
+        "sweep_local_ratio",
+    ):
         xs = np.array([row[key] for row in rows])
         summary[key] = {"median": float(np.median(xs)), "min": float(xs.min()), "max": float(xs.max())}
     result = {"rows": rows, "summary": summary, "epochs": epochs, "model": model, "threads": threads}

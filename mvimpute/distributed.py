@@ -11,7 +11,7 @@ the training data, scores the same validation split as `fit` and reports a self-
 checkpoint every `checkpoint_every` epochs. `train_distributed` does both with a run config of its
 own: a worker that fails is restarted from the last checkpoint (`max_failures`); a stopped run is
 resumed by running again with the same `run_name` and `storage_path`, or from any checkpoint with
-`resume_from`.
+`resume_from`. `run_local_trial` runs the workers' loop inside a Ray Tune trial's own process.
 
 The `train` job (config, MLflow, registration) is `jobs_train.train_main`, importable from here.
 """
@@ -136,22 +136,78 @@ def _load_state(path: str | Path, what: str = "checkpoint") -> dict:
     return read_checkpoint(path, "cpu", what=what)
 
 
+class _RayTrainEnv:
+    """Where a Ray Train worker's loop gets its rank, device, data and checkpoint, and reports to."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self.train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+
+    def checkpoint(self):
+        return self.train.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP over the workers, on the worker's device
+
+    def dataset(self, name: str):
+        return self.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.train.report(metrics, checkpoint=ckpt)
+
+
+class _TuneTrialEnv:
+    """The same for a Tune trial that runs the loop in its own process (`tune.runner=local`): one
+    process, the prepared datasets read directly, reports and checkpoints through Tune."""
+
+    rank, world = 0, 1
+
+    def __init__(self, datasets: Mapping, use_gpu: bool) -> None:
+        import ray.tune
+
+        self.tune, self.datasets = ray.tune, datasets
+        self.device = torch.device("cuda" if use_gpu else "cpu")  # Tune sets CUDA_VISIBLE_DEVICES per trial
+
+    def checkpoint(self):
+        return self.tune.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def dataset(self, name: str):
+        return self.datasets[name]
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = self.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.tune.report(metrics, checkpoint=ckpt)
+
+
 def _train_worker(config: dict) -> None:
     """Per-worker training function (Ray Train)."""
-    import ray.train
-    import ray.train.torch
+    _train_loop(config, _RayTrainEnv(config["use_gpu"]))
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+def _train_loop(config: dict, env) -> None:
+    """The training run of one worker (`_RayTrainEnv`) or of one local Tune trial (`_TuneTrialEnv`):
+    resume from the run's checkpoint, train with `TrainingLoop`, report every epoch, checkpoint every
+    `checkpoint_every` epochs and at the end (after `after_fit`)."""
+    rank, world, device = env.rank, env.world, env.device
     cfg = TrainConfig(**config["train_config"])
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     schema = ViewSchema.from_state(config["schema"])
     views = schema.view_names
     model = build_model(config["model"], view_infos(schema), **config["model_params"])
 
     state = None
-    ckpt = ray.train.get_checkpoint()
+    ckpt = env.checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = _load_state(d)
@@ -160,7 +216,7 @@ def _train_worker(config: dict) -> None:
     if state is not None:
         model.load_state_dict(state["state_dict"])
 
-    wrapped = ray.train.torch.prepare_model(model)
+    wrapped = env.prepare_model(model)
     loop = TrainingLoop(wrapped, cfg, device, reduce_metrics=_metric_reducer(world, device))
     if state is not None and state.get("loop") is not None:
         loop.load_state_dict(state["loop"])
@@ -168,9 +224,9 @@ def _train_worker(config: dict) -> None:
 
     val_set = None
     if config["has_validation"]:
-        val_shard = ray.train.get_dataset_shard("val")
+        val_shard = env.dataset("val")
         val_set = validation_set_from_batches(val_shard.iter_batches(batch_size=4096, batch_format="numpy"), views, cfg)
-    shard = ray.train.get_dataset_shard("train")
+    shard = env.dataset("train")
     chunk_rows = max(SHUFFLE_CHUNK_ROWS, 16 * cfg.batch_size)
 
     def batches(epoch: int) -> Iterable[MultiViewBatch]:
@@ -206,11 +262,11 @@ def _train_worker(config: dict) -> None:
 
     def report(metrics: dict, save: bool, final: bool = False) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            written = None
             if rank == 0 and save:
                 torch.save(checkpoint_dict(loop.module, schema, cfg, extra(final)), os.path.join(tmp, CHECKPOINT_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({**_clean(metrics), **placement}, checkpoint=checkpoint)
+                written = tmp
+            env.report({**_clean(metrics), **placement}, written)
 
     def selection(metrics: dict) -> dict:
         """The run's score so far for a scheduler or a search: the best selectable epoch's score
@@ -235,7 +291,7 @@ def _train_worker(config: dict) -> None:
     module = loop.module
     module.eval()
     if rank == 0:
-        full = ray.train.get_dataset_shard("fit")
+        full = env.dataset("fit")
         module.after_fit(
             lambda: (
                 batch_from_tensors(b, views) for b in full.iter_torch_batches(batch_size=AFTER_FIT_ROWS, device=device)
@@ -530,6 +586,79 @@ def check_run_request(model: str, model_params: Mapping | None, train_config, nu
     return model_params, _train_config(train_config)
 
 
+def _loop_config(
+    prepared: PreparedData,
+    model: str,
+    model_params: Mapping,
+    cfg: TrainConfig,
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    checkpoint_every: int,
+    resume_from,
+    tracking: Mapping | None,
+    fault: Mapping | None,
+    run_name: str | None,
+    report_placement_group: bool,
+) -> dict:
+    """What `_train_loop` reads: the run's model, config, schema and reporting choices (plain values)."""
+    return {
+        "model": model,
+        "model_params": dict(model_params),
+        "train_config": asdict(cfg),
+        "schema": prepared.schema.state(),
+        "use_gpu": use_gpu,
+        "has_validation": "val" in prepared.datasets,
+        "steps_per_epoch": steps_per_epoch(prepared.n_train, cfg.batch_size, num_workers),
+        "n_train": prepared.n_train,
+        "checkpoint_every": checkpoint_every,
+        "resume_from": str(checkpoint_file(resume_from)) if resume_from is not None else None,
+        "tracking": dict(tracking) if tracking else None,
+        "fault": dict(fault) if fault else None,
+        "run_name": run_name,
+        "lines": None,
+        "imputer": dict(prepared.imputer),
+        "data_source": prepared.source,
+        "report_placement_group": report_placement_group,
+    }
+
+
+def run_local_trial(
+    prepared: PreparedData,
+    model: str,
+    model_params: Mapping,
+    train_config: TrainConfig,
+    *,
+    use_gpu: bool = False,
+    checkpoint_every: int = 1,
+    tracking: Mapping | None = None,
+    run_name: str | None = None,
+) -> None:
+    """The training loop of `run_training`'s workers, run inside a Ray Tune trial's own process
+    (called from a Tune function): no Ray Train controller or worker group to start, the prepared
+    datasets read directly, per-epoch reports and checkpoints through `ray.tune.report`, a restored
+    trial resumed from its last Tune checkpoint. One process: DDP needs `run_training`."""
+    prepared.check_split(train_config)
+    build_model(model, view_infos(prepared.schema), **model_params)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
+    config = _loop_config(
+        prepared,
+        model,
+        model_params,
+        train_config,
+        num_workers=1,
+        use_gpu=use_gpu,
+        checkpoint_every=checkpoint_every,
+        resume_from=None,
+        tracking=tracking,
+        fault=None,
+        run_name=run_name,
+        report_placement_group=False,
+    )
+    _train_loop(config, _TuneTrialEnv(prepared.datasets, use_gpu))
+
+
 def run_training(
     prepared: PreparedData,
     model: str,
@@ -564,26 +693,20 @@ def run_training(
     build_model(model, view_infos(prepared.schema), **model_params)  # fails here, not in a worker
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
-    has_val = "val" in prepared.datasets
-    loop_config = {
-        "model": model,
-        "model_params": dict(model_params),
-        "train_config": asdict(cfg),
-        "schema": prepared.schema.state(),
-        "use_gpu": use_gpu,
-        "has_validation": has_val,
-        "steps_per_epoch": steps_per_epoch(prepared.n_train, cfg.batch_size, num_workers),
-        "n_train": prepared.n_train,
-        "checkpoint_every": checkpoint_every,
-        "resume_from": str(checkpoint_file(resume_from)) if resume_from is not None else None,
-        "tracking": dict(tracking) if tracking else None,
-        "fault": dict(fault) if fault else None,
-        "run_name": run_config.name,
-        "lines": None,
-        "imputer": dict(prepared.imputer),
-        "data_source": prepared.source,
-        "report_placement_group": report_placement_group,
-    }
+    loop_config = _loop_config(
+        prepared,
+        model,
+        model_params,
+        cfg,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        checkpoint_every=checkpoint_every,
+        resume_from=resume_from,
+        tracking=tracking,
+        fault=fault,
+        run_name=run_config.name,
+        report_placement_group=report_placement_group,
+    )
     trainer = _trainer_class()(
         _train_worker,
         train_loop_config=loop_config,

@@ -264,12 +264,13 @@ def trial_settings(job: Mapping, config: Mapping) -> tuple[dict, TrainConfig]:
 
 
 def run_trial(config: dict, *, prepared, job: dict, sweep: dict) -> None:
-    """One trial (a Tune function): the Ray Train runner with Tune's report callback, tracked in a child run."""
+    """One trial (a Tune function), tracked in a child run: the Ray Train runner with Tune's report
+    callback, or with `tune.runner=local` the same training loop in this process (`run_local_trial`)."""
     import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .distributed import run_training
+    from .distributed import run_local_trial, run_training
 
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -298,6 +299,19 @@ def run_trial(config: dict, *, prepared, job: dict, sweep: dict) -> None:
     status = "FAILED"
     try:
         _maybe_fail(trial_id, sweep.get("fault"))
+        if job["tune"]["runner"] == "local":
+            run_local_trial(
+                prepared,
+                job["model"],
+                model_params,
+                cfg,
+                use_gpu=job["cluster"]["use_gpu"],
+                checkpoint_every=job["cluster"]["checkpoint_every"],
+                    tracking=child.as_dict() if child else None,
+                run_name=trial_id,
+            )
+            status = "FINISHED"
+            return
         run_config = ray.train.RunConfig(
             name=trial_id,  # a restored sweep's trial resumes its Ray Train run from its last checkpoint
             storage_path=sweep["train_storage"],
@@ -431,7 +445,10 @@ def results_table(grid, swept: Sequence[str]):
                 "epochs_run": int(m.get("epoch", 0) or 0),
                 "completed": completed,
                 "error": None if r.error is None else type(r.error).__name__,
-                "checkpoint": m.get("checkpoint_path") if completed else None,
+                # a Ray Train run's checkpoint reaches Tune as a metric; a local trial's is Tune's own
+                "checkpoint": (m.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint else None))
+                if completed
+                else None,
             }
         )
     table = pd.DataFrame(rows)
@@ -530,6 +547,11 @@ def tune_main(
     model_params, cfg = check_run_request(job.model, job.model_params, job.train, job.cluster.num_workers)
     space_path = job.tune.space or str(default_space(job.model))
     sp = load_space(space_path, job.model)  # a bad space fails before Ray, MLflow or any trial
+    if job.tune.runner == "local" and job.cluster.num_workers != 1:
+        raise ValueError(
+            f"tune.runner=local trains each trial in one process: cluster.num_workers must be 1, "
+            f"got {job.cluster.num_workers} (use tune.runner=train for DDP trials)"
+        )
     searcher = _searcher(job.tune.search, cfg.seed, sp)
     from .models import MODEL_REGISTRY
     from .models.base import config_from_kwargs
@@ -558,6 +580,8 @@ def tune_main(
         job.cluster.use_gpu,
         job.cluster.wait_for_resources,
     )
+    if job.tune.runner == "local":  # the trial's process is the worker: it holds the worker's resources
+        trial_res = dict(worker_res)
 
     parent = None
     if job.mlflow.enabled:
@@ -613,6 +637,7 @@ def tune_main(
                     name=sweep_name,
                     storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=0),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # local trials' checkpoints
                     callbacks=[lines],
                     verbose=0,
                 ),

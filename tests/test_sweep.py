@@ -225,6 +225,64 @@ def test_jpvae_sweep_asha_stops_the_bad_region_and_champion_is_the_best_trial(jp
 
 
 @pytest.fixture(scope="module")
+def local_jpvae_sweep(ray_session, tmp_path_factory, jpvae_sweep):
+    """The JPVAE sweep again, each trial training in its own process (`tune.runner=local`)."""
+    from mvimpute.sweep import tune_main
+
+    out, _ = jpvae_sweep
+    root = tmp_path_factory.mktemp("jpvae-local-sweep")
+    space = _space(
+        root,
+        "space.yaml",
+        {"model_params": {"alpha": {"uniform": [0.5, 0.99]}}, "train": {"lr": {"grid": [5e-3, 1e-7]}}},
+    )
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = {
+        "data": "digits-halves",
+        "model": "jpvae",
+        "model_params": TINY_JPVAE,
+        "train": {"epochs": EPOCHS, "batch_size": 64, "patience": None, "val_frac": 0.15, "val_score": "rmse"},
+        "cluster": {"storage_path": str(root / "ray")},
+        "mlflow": {"experiment": "sweep-test"},
+        "tune": {"space": str(space), "num_samples": 2, "search": "random", "scheduler": "asha", "name": "jpl"},
+    }
+    local = tune_main(config, ["tune.runner=local"], tracking_uri=uri, echo=False)
+    return local, out, uri
+
+
+@pytest.mark.slow
+def test_a_local_runner_sweep_scores_what_ray_train_trials_score_and_registers_its_champion(local_jpvae_sweep):
+    from mlflow.tracking import MlflowClient
+
+    local, train, uri = local_jpvae_sweep
+    t = local.table
+    assert len(t) == 4 and t["error"].isna().all(), t
+    bad = t[t["train.lr"] < 1e-6]
+    assert (~bad["completed"]).any() and (bad["epochs_run"] < EPOCHS).any(), t  # ASHA stopped one early
+    # the same sampled values (same search seed) train to the same scores as under Ray Train
+    key = ["model_params.alpha", "train.lr"]
+    both = t[t["completed"]].merge(train.table[train.table["completed"]], on=key, suffixes=("_local", "_train"))
+    assert len(both) >= 1, (t, train.table)
+    for _, row in both.iterrows():
+        assert math.isclose(row["score_local"], row["score_train"], rel_tol=1e-6), row
+    done = t[t["completed"]]
+    best = done.loc[done["score"].idxmin()]
+    assert local.best_trial == best["trial_id"]
+    version = MlflowClient(uri).get_model_version_by_alias("mvimpute-jpvae", "champion")
+    assert version.run_id == best["mlflow_run_id"]
+    assert best["checkpoint"].startswith(local.path) and "jpl-trials" not in best["checkpoint"]  # Tune's, no Train run
+    imp = mvi.MultiViewImputer.load(best["checkpoint"])  # the trial's final checkpoint, kept by Tune
+    assert imp.model_name == "jpvae" and len(imp.history_) == EPOCHS
+
+
+def test_a_local_runner_sweep_refuses_several_workers_before_ray_starts(tmp_path):
+    from mvimpute.sweep import tune_main
+
+    with pytest.raises(ValueError, match="num_workers must be 1"):
+        tune_main({"data": "digits-halves", "model": "jpvae", "cluster": {"num_workers": 2}}, ["tune.runner=local"])
+
+
+@pytest.fixture(scope="module")
 def tae_sweep(ray_session, tmp_path_factory):
     """4 TAE trials with Optuna (FIFO: every trial runs to the end); the second trial to start fails
     (an interrupted trial), and the sweep is resumed: only that trial runs again."""
