@@ -12,6 +12,7 @@ Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x)
     python jobs/bench.py ray-memory --sizes 20000 200000 --layouts per_view wide
 A sweep's cost per trial (one-trial sweep vs the same fit in-process, alternated):
     python jobs/bench.py tune-trial-cost --repeats 3 --epochs 10
+    python jobs/bench.py tae-sweep --data mnist-5k --epochs 40 --num-samples 10
 Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import torch` for scale):
     python jobs/bench.py cli-startup --repeats 5
 Serving and batch imputation (loopback only, bounded request counts; docs/serving.md):
@@ -84,6 +85,17 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--model", default="jpvae")
     m.add_argument("--name", default="ray_memory", help="file name of the JSON/Markdown outputs")
     m.add_argument("--out", default="outputs/bench")
+    ts = sub.add_parser("tae-sweep", help="TAE swept (Optuna + ASHA) on the TAE protocol, then beside MVAE/MIWAE")
+    ts.add_argument("--data", choices=benchmarks.BENCH_DATA, default="mnist-5k")
+    ts.add_argument("--rate", type=float, default=0.5)
+    ts.add_argument("--epochs", type=int, default=40)
+    ts.add_argument("--num-samples", type=int, default=10, help="trials")
+    ts.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the comparison")
+    ts.add_argument("--eval-elbo-steps", type=int, default=300)
+    ts.add_argument("--n-samples", type=int, default=20, help="posterior draws for coverage, CRPS and spread")
+    ts.add_argument("--runner", choices=["local", "train"], default="local")
+    ts.add_argument("--threads", type=int, default=1)
+    ts.add_argument("--out", default="outputs/bench")
     w = sub.add_parser("tune-trial-cost", help="a one-trial sweep's wall time against the same fit in-process")
     w.add_argument("--repeats", type=int, default=3)
     w.add_argument("--epochs", type=int, default=10)
@@ -148,6 +160,21 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.bench == "fit-time":
         benchmarks.fit_time(epochs=args.epochs, repeats=args.repeats, out_dir=args.out)
+    elif args.bench == "tae-sweep":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        benchmarks.tae_sweep(
+            data=args.data,
+            rate=args.rate,
+            epochs=args.epochs,
+            num_samples=args.num_samples,
+            seeds=tuple(args.seeds),
+            eval_elbo_steps=args.eval_elbo_steps,
+            n_samples=args.n_samples,
+            runner=args.runner,
+            out_dir=args.out,
+        )
     elif args.bench == "tae-baselines":
         if args.threads:
             import torch
