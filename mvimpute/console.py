@@ -43,6 +43,9 @@ def configure(verbose: bool = False) -> None:
     os.environ["MLFLOW_LOGGING_LEVEL"] = name_of_level
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    # Tune's hint to checkpoint less, repeated at every epoch of a local sweep's trials (their
+    # per-epoch checkpoints, two kept, force a snapshot of the sweep's state): a screenful per trial
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(level if verbose else logging.ERROR)
     progress_log = logging.getLogger("ray.data._internal.progress")
     if not verbose and not any(isinstance(f, _DropNotices) for f in progress_log.filters):
         progress_log.addFilter(_DropNotices())

@@ -149,7 +149,10 @@ def sweep_scores(table, params: list[str], metric: str = "score", log_params: tu
         if best.any():
             ax.scatter(x[best], y[best], s=140, facecolors="none", edgecolors="k", label="champion")
         if numeric and p in log_params and (x > 0).any():
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short range
         ax.set(xlabel=p.split(".")[-1], ylabel=metric)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
