@@ -156,18 +156,13 @@ def _space(tmp_path: Path, name: str, body: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def jpvae_sweep(ray_session, tmp_path_factory):
+def _jpvae_sweep_config(root: Path, name: str) -> tuple[dict, str]:
     """4 JPVAE trials, random search over a grid with a clearly bad learning rate, ASHA."""
-    from mvimpute.sweep import tune_main
-
-    root = tmp_path_factory.mktemp("jpvae-sweep")
     space = _space(
         root,
         "space.yaml",
         {"model_params": {"alpha": {"uniform": [0.5, 0.99]}}, "train": {"lr": {"grid": [5e-3, 1e-7]}}},
     )
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     config = {
         "data": "digits-halves",
         "model": "jpvae",
@@ -176,10 +171,18 @@ def jpvae_sweep(ray_session, tmp_path_factory):
         "train": {"epochs": EPOCHS, "batch_size": 64, "patience": None, "val_frac": 0.15, "val_score": "rmse"},
         "cluster": {"storage_path": str(root / "ray")},
         "mlflow": {"experiment": "sweep-test"},
-        "tune": {"space": str(space), "num_samples": 2, "search": "random", "scheduler": "asha", "name": "jp"},
+        "tune": {"space": str(space), "num_samples": 2, "search": "random", "scheduler": "asha", "name": name},
     }
-    out = tune_main(config, tracking_uri=uri, echo=False)
-    return out, uri
+    return config, f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def jpvae_sweep(ray_session, tmp_path_factory):
+    """The 4-trial JPVAE sweep, each trial a Ray Train run (the default runner)."""
+    from mvimpute.sweep import tune_main
+
+    config, uri = _jpvae_sweep_config(tmp_path_factory.mktemp("jpvae-sweep"), "jp")
+    return tune_main(config, tracking_uri=uri, echo=False), uri
 
 
 @pytest.mark.slow
@@ -230,24 +233,8 @@ def local_jpvae_sweep(ray_session, tmp_path_factory, jpvae_sweep):
     from mvimpute.sweep import tune_main
 
     out, _ = jpvae_sweep
-    root = tmp_path_factory.mktemp("jpvae-local-sweep")
-    space = _space(
-        root,
-        "space.yaml",
-        {"model_params": {"alpha": {"uniform": [0.5, 0.99]}}, "train": {"lr": {"grid": [5e-3, 1e-7]}}},
-    )
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    config = {
-        "data": "digits-halves",
-        "model": "jpvae",
-        "model_params": TINY_JPVAE,
-        "train": {"epochs": EPOCHS, "batch_size": 64, "patience": None, "val_frac": 0.15, "val_score": "rmse"},
-        "cluster": {"storage_path": str(root / "ray")},
-        "mlflow": {"experiment": "sweep-test"},
-        "tune": {"space": str(space), "num_samples": 2, "search": "random", "scheduler": "asha", "name": "jpl"},
-    }
-    local = tune_main(config, ["tune.runner=local"], tracking_uri=uri, echo=False)
-    return local, out, uri
+    config, uri = _jpvae_sweep_config(tmp_path_factory.mktemp("jpvae-local-sweep"), "jpl")
+    return tune_main(config, ["tune.runner=local"], tracking_uri=uri, echo=False), out, uri
 
 
 @pytest.mark.slow
