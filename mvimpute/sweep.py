@@ -307,7 +307,7 @@ def run_trial(config: dict, *, prepared, job: dict, sweep: dict) -> None:
                 cfg,
                 use_gpu=job["cluster"]["use_gpu"],
                 checkpoint_every=job["cluster"]["checkpoint_every"],
-                    tracking=child.as_dict() if child else None,
+                tracking=child.as_dict() if child else None,
                 run_name=trial_id,
             )
             status = "FINISHED"
@@ -457,17 +457,25 @@ def results_table(grid, swept: Sequence[str]):
     return table
 
 
-def _searcher(kind: str, seed: int, space: SearchSpace):
+def _check_search(kind: str, space: SearchSpace) -> None:
+    if kind == "optuna" and space.uses_grid():
+        raise ValueError(f"search space {space.path!r}: grid needs --search random (Optuna samples, never grids)")
+
+
+def _searcher(kind: str, seed: int, space: SearchSpace, max_concurrent: int):
+    """The search, running at most `max_concurrent` trials at once. Tune ignores `max_concurrent_trials`
+    for a `BasicVariantGenerator` it is handed, so the limit goes to the generator itself: without it
+    every trial starts at once and waits for workers, and ASHA, seeing the trials in the order their
+    workers happen to start, cannot stop a bad trial that reports first."""
+    _check_search(kind, space)
     if kind == "optuna":
-        if space.uses_grid():
-            raise ValueError(f"search space {space.path!r}: grid needs --search random (Optuna samples, never grids)")
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))  # Tune wraps it in a ConcurrencyLimiter
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def _scheduler(job: TuneJobConfig, cfg: TrainConfig, selection_start: float):
@@ -552,7 +560,7 @@ def tune_main(
             f"tune.runner=local trains each trial in one process: cluster.num_workers must be 1, "
             f"got {job.cluster.num_workers} (use tune.runner=train for DDP trials)"
         )
-    searcher = _searcher(job.tune.search, cfg.seed, sp)
+    _check_search(job.tune.search, sp)
     from .models import MODEL_REGISTRY
     from .models.base import config_from_kwargs
 
@@ -582,6 +590,7 @@ def tune_main(
     )
     if job.tune.runner == "local":  # the trial's process is the worker: it holds the worker's resources
         trial_res = dict(worker_res)
+    searcher = _searcher(job.tune.search, cfg.seed, sp, concurrency)
 
     parent = None
     if job.mlflow.enabled:
@@ -629,7 +638,8 @@ def tune_main(
                     metric="score",
                     mode="min",
                     num_samples=job.tune.num_samples,
-                    max_concurrent_trials=concurrency,
+                    # the random search limits itself (`_searcher`); Tune limits Optuna
+                    max_concurrent_trials=concurrency if job.tune.search == "optuna" else None,
                     search_alg=searcher,
                     scheduler=_scheduler(job, cfg, warm),
                 ),
