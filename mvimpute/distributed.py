@@ -601,7 +601,12 @@ def _loop_config(
     run_name: str | None,
     report_placement_group: bool,
 ) -> dict:
-    """What `_train_loop` reads: the run's model, config, schema and reporting choices (plain values)."""
+    """What `_train_loop` reads: the run's model, config, schema and reporting choices (plain values).
+    Checks the request first, so that a bad one fails on the driver, not in a worker."""
+    prepared.check_split(cfg)
+    build_model(model, view_infos(prepared.schema), **model_params)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
     return {
         "model": model,
         "model_params": dict(model_params),
@@ -638,10 +643,6 @@ def run_local_trial(
     (called from a Tune function): no Ray Train controller or worker group to start, the prepared
     datasets read directly, per-epoch reports and checkpoints through `ray.tune.report`, a restored
     trial resumed from its last Tune checkpoint. One process: DDP needs `run_training`."""
-    prepared.check_split(train_config)
-    build_model(model, view_infos(prepared.schema), **model_params)
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
     config = _loop_config(
         prepared,
         model,
@@ -688,11 +689,7 @@ def run_training(
     import ray
     import ray.train
 
-    prepared.check_split(train_config)
     cfg = train_config
-    build_model(model, view_infos(prepared.schema), **model_params)  # fails here, not in a worker
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
     loop_config = _loop_config(
         prepared,
         model,
