@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--epochs", type=int, default=10)
     w.add_argument("--model", default="jpvae")
     w.add_argument("--threads", type=int, default=1, help="torch threads in-process (a Ray worker with 1 CPU runs 1)")
+    w.add_argument("--local-trials", type=int, default=3, help="identical trials in the local runner's sweep")
     w.add_argument("--out", default="outputs/bench")
     c = sub.add_parser("cli-startup", help="wall time of `mvimpute --help` against `import torch`, alternated")
     c.add_argument("--repeats", type=int, default=5)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         cli_startup(args.repeats)
         return
     if args.bench == "tune-trial-cost":
-        benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out)
+        benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out, args.local_trials)
         return
     if args.bench in ("serve-latency", "serve-load", "batch-throughput"):
         import bench_serving as bs  # beside this file
