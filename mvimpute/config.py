@@ -185,8 +185,9 @@ class TuneSection(BaseModel):
     grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial runs (at least to the end of a warm-up)
     reduction_factor: float = Field(2.0, gt=1)
     name: str | None = None  # the sweep's folder under cluster.storage_path; default <model>-sweep-<time>
-    # train: each trial a Ray Train run (workers, DDP); local: the trial's own process trains (one worker)
-    runner: typing.Literal["train", "local"] = "train"
+    # train: each trial a Ray Train run (workers, DDP); local: the trial's own process trains (one worker,
+    # the same scores without a Ray Train run's start); auto: local for one worker per trial, else train
+    runner: typing.Literal["auto", "train", "local"] = "auto"
 
 
 class TuneJobConfig(TrainJobConfig):

@@ -555,6 +555,8 @@ def tune_main(
     model_params, cfg = check_run_request(job.model, job.model_params, job.train, job.cluster.num_workers)
     space_path = job.tune.space or str(default_space(job.model))
     sp = load_space(space_path, job.model)  # a bad space fails before Ray, MLflow or any trial
+    if job.tune.runner == "auto":  # resolved once, and saved so that a resumed sweep keeps it
+        job.tune.runner = "local" if job.cluster.num_workers == 1 else "train"
     if job.tune.runner == "local" and job.cluster.num_workers != 1:
         raise ValueError(
             f"tune.runner=local trains each trial in one process: cluster.num_workers must be 1, "

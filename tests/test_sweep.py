@@ -178,11 +178,11 @@ def _jpvae_sweep_config(root: Path, name: str) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def jpvae_sweep(ray_session, tmp_path_factory):
-    """The 4-trial JPVAE sweep, each trial a Ray Train run (the default runner)."""
+    """The 4-trial JPVAE sweep, each trial a Ray Train run (the runner of DDP trials)."""
     from mvimpute.sweep import tune_main
 
     config, uri = _jpvae_sweep_config(tmp_path_factory.mktemp("jpvae-sweep"), "jp")
-    return tune_main(config, tracking_uri=uri, echo=False), uri
+    return tune_main(config, ["tune.runner=train"], tracking_uri=uri, echo=False), uri
 
 
 @pytest.mark.slow
@@ -232,12 +232,13 @@ def test_jpvae_sweep_asha_stops_the_bad_region_and_champion_is_the_best_trial(jp
 
 @pytest.fixture(scope="module")
 def local_jpvae_sweep(ray_session, tmp_path_factory, jpvae_sweep):
-    """The JPVAE sweep again, each trial training in its own process (`tune.runner=local`)."""
+    """The JPVAE sweep again with the default runner: one worker per trial, so each trial trains in its
+    own process (`tune.runner=local`)."""
     from mvimpute.sweep import tune_main
 
     out, _ = jpvae_sweep
     config, uri = _jpvae_sweep_config(tmp_path_factory.mktemp("jpvae-local-sweep"), "jpl")
-    return tune_main(config, ["tune.runner=local"], tracking_uri=uri, echo=False), out, uri
+    return tune_main(config, tracking_uri=uri, echo=False), out, uri
 
 
 @pytest.mark.slow
