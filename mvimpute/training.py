@@ -85,26 +85,37 @@ def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int 
     """On the hidden validation entries (scaled space), overall and per view: RMSE of the point
     imputation (`val_rmse`) and, with `n_samples` > 0, the CRPS of that many raw predictive draws
     (`val_crps`, scoringrules' ensemble CRPS, averaged over entries)."""
+    from .models.base import EVAL_CHUNK_ROWS
+
     was_training = model.training
     model.eval()
-    filled = model.impute_mean(val.corrupted)
-    draws = model.impute(val.corrupted, n_samples) if n_samples else None
+    n = len(val.corrupted)
+    sums: dict[str, list[float]] = {v: [0.0, 0, 0.0] for v in val.hidden}  # squared error, entries, CRPS
+    for start in range(0, n, EVAL_CHUNK_ROWS):  # a chunk of rows at a time: memory flat in the split's size
+        rows = slice(start, min(n, start + EVAL_CHUNK_ROWS))
+        corrupted = val.corrupted.select(rows)
+        filled = model.impute_mean(corrupted)
+        draws = model.impute(corrupted, n_samples) if n_samples else None
+        for v, hidden in val.hidden.items():
+            h = hidden[rows]
+            truth = val.truth.values[v][rows][h]
+            err = filled[v][h] - truth
+            sums[v][0] += float(err.pow(2).sum())
+            sums[v][1] += err.numel()
+            if draws is not None and err.numel():
+                crps = sr.crps_ensemble(truth.double().cpu().numpy(), draws[v][:, h].double().cpu().numpy(), m_axis=0)
+                sums[v][2] += float(np.sum(crps))
     model.train(was_training)
     out, sse, cnt, crps_sum = {}, 0.0, 0, 0.0
-    for v, h in val.hidden.items():
-        err = (filled[v] - val.truth.values[v])[h]
-        if err.numel():
-            out[f"val_rmse_{v}"] = float(err.pow(2).mean().sqrt())
-            sse += float(err.pow(2).sum())
-            cnt += err.numel()
-            if draws is not None:
-                crps = sr.crps_ensemble(
-                    val.truth.values[v][h].double().cpu().numpy(), draws[v][:, h].double().cpu().numpy(), m_axis=0
-                )
-                out[f"val_crps_{v}"] = float(np.mean(crps))
-                crps_sum += float(np.sum(crps))
+    for v, (v_sse, v_cnt, v_crps) in sums.items():
+        if v_cnt:
+            out[f"val_rmse_{v}"] = math.sqrt(v_sse / v_cnt)
+            sse, cnt = sse + v_sse, cnt + v_cnt
+            if n_samples:
+                out[f"val_crps_{v}"] = v_crps / v_cnt
+                crps_sum += v_crps
     out["val_rmse"] = math.sqrt(sse / cnt) if cnt else float("nan")
-    if draws is not None:
+    if n_samples:
         out["val_crps"] = crps_sum / cnt if cnt else float("nan")
     return out
 

@@ -432,3 +432,89 @@ def test_size_defaults_rule():
     imp = mvi.MultiViewImputer("jpvae", epochs=1, progress=False, latent_dim=3)
     imp.fit(mvi.load_dataset("synthetic-omics", n_samples=60))
     assert imp.model_.config.latent_dim == 3 and imp.model_.config.hidden == (16, 16)
+
+
+# ----------------------------------------------------------------------------- memory flat in the split's size
+
+
+def test_conformal_from_thinned_chunks_reaches_nominal_coverage(monkeypatch):
+    """Calibration collected a few rows at a time and thinned to about MAX_ENTRIES entries (what
+    `calibrate` does on a large validation split) still reaches its nominal coverage."""
+    from mvimpute.models import calibration
+
+    monkeypatch.setattr(calibration, "MAX_ENTRIES", 600)
+    rng = np.random.default_rng(2)
+    cal = ConformalCalibration(["v"], ["gaussian"])
+    draws, y = _narrow(6000, rng)
+    hidden = {"v": torch.ones_like(y, dtype=torch.bool)}
+    none = {"v": torch.zeros(len(y), dtype=torch.bool)}
+    keep = cal.thinning([hidden], [none])
+    assert keep[(0, 0)] == pytest.approx(1.05 * 600 / 6000)
+    gen = torch.Generator().manual_seed(0)
+    parts = []
+    for start in range(0, 6000, 500):
+        rows = slice(start, start + 500)
+        part = ({"v": draws[:, rows]}, {"v": y[rows]}, {"v": hidden["v"][rows]}, {"v": none["v"][rows]})
+        parts.append(cal.collect(part, keep, gen))
+    kept = sum(x.shape[1] for x, _ in cal.merge(parts)[(0, 0)])
+    assert 500 < kept < 760  # about 1.05 × 600 of the 6,000 entries
+    cal.fit_collected(cal.merge(parts))
+    assert 500 < int(cal.n_entries[0, 0]) <= 600
+    test_draws, test_y = _narrow(6000, rng)
+    lo, hi = cal.interval("v", test_draws, 0.9, none["v"])
+    cov = float(((test_y >= lo) & (test_y <= hi)).double().mean())
+    assert abs(cov - 0.9) < 0.03, cov
+
+
+def test_validation_score_in_chunks_matches_numpy_on_the_whole_split(monkeypatch):
+    from mvimpute.models import base
+    from mvimpute.training import ValidationSet, validation_score
+
+    data = mvi.load_dataset("synthetic-omics", n_samples=300)
+    imp = mvi.MultiViewImputer("jpvae", epochs=2, progress=False, hidden=[16], latent_dim=2, calibrate=False).fit(data)
+    val = ValidationSet.from_batch(imp.schema_.to_batch(data), 0.2, 0.3, seed=4)
+    model = imp.model_.eval()
+    with torch.no_grad():
+        filled = model.impute_mean(val.corrupted)  # deterministic: the same for any batch of rows
+        torch.manual_seed(0)
+        draws = model.impute(val.corrupted, 64)
+    err = {v: (filled[v] - val.truth.values[v])[h].double().numpy() for v, h in val.hidden.items()}
+    ref = math.sqrt(sum(float((e**2).sum()) for e in err.values()) / sum(e.size for e in err.values()))
+    crps = np.concatenate(
+        [
+            sr.crps_ensemble(val.truth.values[v][h].double().numpy(), draws[v][:, h].double().numpy(), m_axis=0)
+            for v, h in val.hidden.items()
+        ]
+    ).mean()
+    monkeypatch.setattr(base, "EVAL_CHUNK_ROWS", 37)  # 300 rows in 9 chunks
+    got = validation_score(model, val, n_samples=64)
+    assert got["val_rmse"] == pytest.approx(ref, rel=1e-5)
+    for v, e in err.items():
+        assert got[f"val_rmse_{v}"] == pytest.approx(math.sqrt((e**2).mean()), rel=1e-5)
+    assert got["val_crps"] == pytest.approx(crps, rel=0.03)  # other draws, the same distribution
+
+
+def test_jpvae_caps_decoded_count_means_at_the_training_maximum_and_old_checkpoints_load():
+    data = mvi.load_dataset("synthetic-omics", n_samples=200)
+    imp = mvi.MultiViewImputer("jpvae", epochs=2, progress=False, hidden=[16], latent_dim=2).fit(data)
+    model = imp.model_.eval()
+    held_out = {str(i) for i in imp.validation_index_}
+    train_rows = [k for k, i in enumerate(data.index) if str(i) not in held_out]
+    counts = np.asarray(data.views["counts"], dtype=float)[train_rows]
+    cap = getattr(model, model._cap_names["counts"])
+    np.testing.assert_allclose(cap.numpy(), np.nanmax(counts, 0))  # the training rows' maximum per column
+    far = torch.full((5, 2), 40.0)  # a latent far out: the uncapped decoder's mean explodes
+    with torch.no_grad():
+        uncapped = lk.mean("negative_binomial", model.decoders["counts"](far))
+        capped = lk.mean("negative_binomial", model.decode("counts", far))
+        near = torch.zeros(5, 2)
+        inside = lk.mean("negative_binomial", model.decode("counts", near))
+        raw_inside = lk.mean("negative_binomial", model.decoders["counts"](near))
+    assert bool((uncapped > cap).any())
+    assert bool((capped <= cap * (1 + 1e-4) + 1e-6).all())
+    assert torch.allclose(inside, torch.minimum(raw_inside, cap), rtol=1e-5)
+    # a state without the caps (written before they existed) loads, with no cap
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("count_cap")}
+    fresh = build_model("jpvae", model.view_infos, hidden=[16], latent_dim=2)
+    fresh.load_state_dict(state, strict=True)
+    assert bool(torch.isinf(getattr(fresh, fresh._cap_names["counts"])).all())

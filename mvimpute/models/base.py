@@ -40,6 +40,9 @@ class LossOutput:
         return {"loss": float(self.loss.detach()), **{k: float(v) for k, v in self.components.items()}}
 
 
+EVAL_CHUNK_ROWS = 2048  # validation rows imputed at a time (scoring, calibration)
+
+
 class ImputationModel(nn.Module):
     """Base class: `loss(batch, progress)` for training and `impute(batch, n_samples)` for use.
 
@@ -100,8 +103,23 @@ class ImputationModel(nn.Module):
         model's scaled space)."""
         was = self.training
         self.eval()
-        parts = [(self.impute(c, n_samples), t, h, self.view_missing(c)) for c, t, h in sets]
-        self.calibration.fit(parts)
+        missing = [self.view_missing(c) for c, _, _ in sets]
+        keep = self.calibration.thinning([h for _, _, h in sets], missing)
+        gen = torch.Generator().manual_seed(1)
+        collected = []
+        for (c, t, h), m in zip(sets, missing, strict=True):
+            # rows a chunk at a time, keeping only the (thinned) hidden entries' draws: memory stays
+            # flat in the validation split's size
+            for start in range(0, len(c), EVAL_CHUNK_ROWS):
+                rows = slice(start, min(len(c), start + EVAL_CHUNK_ROWS))
+                part = (
+                    self.impute(c.select(rows), n_samples),
+                    {v: x[rows] for v, x in t.items()},
+                    {v: x[rows] for v, x in h.items()},
+                    {v: x[rows] for v, x in m.items()},
+                )
+                collected.append(self.calibration.collect(part, keep, gen))
+        self.calibration.fit_collected(self.calibration.merge(collected))
         self.train(was)
 
     @torch.no_grad()

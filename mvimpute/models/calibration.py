@@ -117,10 +117,54 @@ class ConformalCalibration(nn.Module):
         whole = view_missing.bool()[:, None].expand_as(hidden)
         return [hidden & ~whole, hidden & whole]
 
+    def collect(self, part: tuple[dict, dict, dict, dict], keep: dict | None = None, gen=None) -> dict:
+        """The hidden entries of one part (raw draws (S, n, d_v), truths (n, d_v), hidden-entry masks
+        (n, d_v), rows whose view is wholly missing (n,)), per (view index, kind): [(draws (S, N),
+        truths (N,))]. With `keep[(i, k)]` = p < 1, each entry is kept with probability p (a random
+        thinning: the kept entries stay exchangeable), so that parts can be collected a few rows at a
+        time in bounded memory."""
+        draws, truth, hidden, missing = part
+        out: dict = {}
+        for i, v in enumerate(self.views):
+            if not self.calibrates(v) or v not in hidden:
+                continue
+            for k, mask in enumerate(self._kind_masks(hidden[v].bool(), missing[v])):
+                p = 1.0 if keep is None else keep.get((i, k), 1.0)
+                if p < 1.0:
+                    mask = mask & (torch.rand(mask.shape, generator=gen) < p).to(mask.device)
+                out.setdefault((i, k), []).append((draws[v][:, mask], truth[v][mask]))
+        return out
+
+    @staticmethod
+    def merge(collected: list[dict]) -> dict:
+        """`collect`'s outputs of several parts as one."""
+        out: dict = {}
+        for c in collected:
+            for key, items in c.items():
+                out.setdefault(key, []).extend(items)
+        return out
+
+    def thinning(self, hidden: list[dict], missing: list[dict]) -> dict:
+        """Per (view index, kind), the share of hidden entries `collect` keeps so that about
+        1.05 × `MAX_ENTRIES` remain (1 where there are fewer); `fit_collected` then keeps at most
+        `MAX_ENTRIES`."""
+        totals: dict = {}
+        for h, m in zip(hidden, missing, strict=True):
+            for i, v in enumerate(self.views):
+                if v in h:
+                    for k, mask in enumerate(self._kind_masks(h[v].bool(), m[v])):
+                        totals[(i, k)] = totals.get((i, k), 0) + int(mask.sum())
+        return {key: min(1.0, 1.05 * MAX_ENTRIES / n) for key, n in totals.items() if n > 0}
+
     @torch.no_grad()
     def fit(self, parts: list[tuple[dict, dict, dict, dict]]) -> None:
         """From a list of (raw draws (S, n, d_v), truths (n, d_v), hidden-entry masks (n, d_v), rows
         whose view is wholly missing (n,)), each a dict over views."""
+        self.fit_collected(self.merge([self.collect(p) for p in parts]))
+
+    @torch.no_grad()
+    def fit_collected(self, entries: dict) -> None:
+        """From `collect`'s (merged) entries."""
         gen = torch.Generator().manual_seed(0)
 
         def fit_one(x: torch.Tensor, y: torch.Tensor, count: bool) -> tuple[torch.Tensor, float, int]:
@@ -136,17 +180,9 @@ class ConformalCalibration(nn.Module):
                 delta = 0.01 * (spread if spread > 0 else 1.0)
             return conformal_quantile(scores(x, y, delta)), delta, y.numel()
 
-        for i, v in enumerate(self.views):
-            if not self.calibrates(v):
-                continue
-            xs: list[list[torch.Tensor]] = [[] for _ in KINDS]
-            ys: list[list[torch.Tensor]] = [[] for _ in KINDS]
-            for draws, truth, hidden, missing in parts:
-                if v not in hidden:
-                    continue
-                for k, mask in enumerate(self._kind_masks(hidden[v].bool(), missing[v])):
-                    xs[k].append(draws[v][:, mask])
-                    ys[k].append(truth[v][mask])
+        for i in range(len(self.views)):
+            xs = [[x for x, _ in entries.get((i, k), [])] for k in range(len(KINDS))]
+            ys = [[y for _, y in entries.get((i, k), [])] for k in range(len(KINDS))]
             counts = [sum(y.numel() for y in ys[k]) for k in range(len(KINDS))]
             if sum(counts) < 2:
                 continue
