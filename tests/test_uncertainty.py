@@ -518,3 +518,16 @@ def test_jpvae_caps_decoded_count_means_at_the_training_maximum_and_old_checkpoi
     fresh = build_model("jpvae", model.view_infos, hidden=[16], latent_dim=2)
     fresh.load_state_dict(state, strict=True)
     assert bool(torch.isinf(getattr(fresh, fresh._cap_names["counts"])).all())
+
+
+def test_a_view_with_too_few_calibration_entries_keeps_its_raw_draws():
+    rng = np.random.default_rng(3)
+    cal = ConformalCalibration(["v"], ["gaussian"])
+    draws, y = _narrow(8, rng)  # at 90 %, 8 entries give a conformal quantile of +inf
+    none = {"v": torch.zeros(len(y), dtype=torch.bool)}
+    with pytest.warns(UserWarning, match="keeps the model's raw draws"):
+        cal.fit([({"v": draws}, {"v": y}, {"v": torch.ones_like(y, dtype=torch.bool)}, none)])
+    assert torch.equal(cal.stretch, torch.ones_like(cal.stretch))
+    lo, hi = cal.interval("v", draws, 0.9, none["v"])
+    raw_lo, raw_hi = cal.interval("v", draws, 0.9, none["v"], calibrated=False)
+    assert torch.allclose(lo, raw_lo) and torch.allclose(hi, raw_hi)

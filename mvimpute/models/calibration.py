@@ -37,11 +37,14 @@ completely at random and whole views at random, and the guarantee holds per view
 calibration (`n_samples`), since the draws' quantiles enter the score. It is marginal over
 entries of a view, not conditional on a sample or feature. `binary` and `bernoulli` views are not
 calibrated (a stretch of bits is not a bit; their intervals are {0}, {1} or [0, 1]).
+Nor is a view with fewer than `MIN_ENTRIES` hidden validation entries (a warning says so): with a
+handful of entries the conformal quantile is the largest score or +∞, which says nothing useful.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -184,7 +187,14 @@ class ConformalCalibration(nn.Module):
             xs = [[x for x, _ in entries.get((i, k), [])] for k in range(len(KINDS))]
             ys = [[y for _, y in entries.get((i, k), [])] for k in range(len(KINDS))]
             counts = [sum(y.numel() for y in ys[k]) for k in range(len(KINDS))]
-            if sum(counts) < 2:
+            if sum(counts) < MIN_ENTRIES:
+                # too few entries to say anything: at 90 % split conformal needs at least 9, and with
+                # a handful its quantile is the largest score or +∞. The view keeps its raw draws.
+                warnings.warn(
+                    f"view {self.views[i]!r}: {sum(counts)} validation entries (< {MIN_ENTRIES}) to calibrate "
+                    "its intervals; it keeps the model's raw draws",
+                    stacklevel=3,
+                )
                 continue
             count = self.likelihoods[i] in COUNT_LIKELIHOODS
             pooled = fit_one(torch.cat([x for k in xs for x in k], 1), torch.cat([y for k in ys for y in k]), count)
