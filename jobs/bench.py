@@ -10,7 +10,7 @@ On a Ray cluster (runs on the head node's driver):
 Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x):
     python jobs/bench.py ray-throughput --n-samples 20000 --epochs 4 --batch-size 64
     python jobs/bench.py ray-memory --sizes 20000 200000 --layouts per_view wide
-A sweep's cost per trial (one-trial sweep vs the same fit in-process, alternated):
+A sweep's cost per trial (a Ray Train trial and a local sweep's trials vs the same fit in-process, alternated):
     python jobs/bench.py tune-trial-cost --repeats 3 --epochs 10
     python jobs/bench.py tae-sweep --data mnist-5k --epochs 40 --num-samples 10
 Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import torch` for scale):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ts.add_argument("--runner", choices=["local", "train"], default="local")
     ts.add_argument("--threads", type=int, default=1)
     ts.add_argument("--out", default="outputs/bench")
-    w = sub.add_parser("tune-trial-cost", help="a one-trial sweep's wall time against the same fit in-process")
+    w = sub.add_parser("tune-trial-cost", help="a sweep trial's time (Ray Train, local) vs the same fit in-process")
     w.add_argument("--repeats", type=int, default=3)
     w.add_argument("--epochs", type=int, default=10)
     w.add_argument("--model", default="jpvae")

@@ -861,7 +861,7 @@ def tune_trial_cost(
     out_dir: str | Path = "outputs/bench",
     local_trials: int = 3,
 ) -> dict:
-    """A one-trial sweep (`tune_main`, FIFO, no MLflow) against the same fit in-process
+    """A one-trial Ray Train sweep (`tune_main`, FIFO, no MLflow) against the same fit in-process
     (`MultiViewImputer.fit`, same data, model, config and validation split), alternated `repeats`
     times, each time also with the trial training in its own process (`tune.runner=local`, as a sweep of
     `local_trials` identical trials, so that the trials after the first run in the kept process as a

@@ -466,8 +466,8 @@ def _searcher(kind: str, seed: int, space: SearchSpace, max_concurrent: int):
     """The search, running at most `max_concurrent` trials at once. Tune ignores `max_concurrent_trials`
     for a `BasicVariantGenerator` it is handed, so the limit goes to the generator itself: without it
     every trial starts at once and waits for workers, and ASHA, seeing the trials in the order their
-    workers happen to start, cannot stop a bad trial that reports first."""
-    _check_search(kind, space)
+    workers happen to start, cannot stop a bad trial that reports first. `tune_main` has already
+    checked the pair (`_check_search`)."""
     if kind == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch

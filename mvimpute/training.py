@@ -22,7 +22,7 @@ from . import masking
 from .batch import MultiViewBatch
 from .config import VAL_SCORES, TrainConfig  # noqa: F401  (VAL_SCORES: re-exported)
 from .data.multiview import MultiViewData
-from .models.base import ImputationModel
+from .models.base import ImputationModel, row_chunks
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -85,14 +85,11 @@ def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int 
     """On the hidden validation entries (scaled space), overall and per view: RMSE of the point
     imputation (`val_rmse`) and, with `n_samples` > 0, the CRPS of that many raw predictive draws
     (`val_crps`, scoringrules' ensemble CRPS, averaged over entries)."""
-    from .models.base import EVAL_CHUNK_ROWS
-
     was_training = model.training
     model.eval()
     n = len(val.corrupted)
     sums: dict[str, list[float]] = {v: [0.0, 0, 0.0] for v in val.hidden}  # squared error, entries, CRPS
-    for start in range(0, n, EVAL_CHUNK_ROWS):  # a chunk of rows at a time: memory flat in the split's size
-        rows = slice(start, min(n, start + EVAL_CHUNK_ROWS))
+    for rows in row_chunks(n):  # a chunk of rows at a time: memory flat in the split's size
         corrupted = val.corrupted.select(rows)
         filled = model.impute_mean(corrupted)
         draws = model.impute(corrupted, n_samples) if n_samples else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -41,6 +41,12 @@ class LossOutput:
 
 
 EVAL_CHUNK_ROWS = 2048  # validation rows imputed at a time (scoring, calibration)
+
+
+def row_chunks(n: int) -> Iterator[slice]:
+    """Slices of at most `EVAL_CHUNK_ROWS` rows covering range(n): memory flat in n."""
+    for start in range(0, n, EVAL_CHUNK_ROWS):
+        yield slice(start, min(n, start + EVAL_CHUNK_ROWS))
 
 
 class ImputationModel(nn.Module):
@@ -110,8 +116,7 @@ class ImputationModel(nn.Module):
         for (c, t, h), m in zip(sets, missing, strict=True):
             # rows a chunk at a time, keeping only the (thinned) hidden entries' draws: memory stays
             # flat in the validation split's size
-            for start in range(0, len(c), EVAL_CHUNK_ROWS):
-                rows = slice(start, min(len(c), start + EVAL_CHUNK_ROWS))
+            for rows in row_chunks(len(c)):
                 part = (
                     self.impute(c.select(rows), n_samples),
                     {v: x[rows] for v, x in t.items()},

@@ -289,6 +289,7 @@ class JPVAE(ImputationModel):
         for info in views:
             if info.name in self._cap_names:
                 self.register_buffer(self._cap_names[info.name], torch.full((info.dim,), math.inf))
+        self._likelihood = {v.name: v.likelihood for v in views}
 
     # -- pieces
     def encode(self, batch: MultiViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -313,11 +314,8 @@ class JPVAE(ImputationModel):
         cap_name = self._cap_names.get(view)
         if cap_name is None:
             return raw
-        cap = getattr(self, cap_name)
-        if bool(torch.isinf(cap).all()):
-            return raw
-        info = next(v for v in self.view_infos if v.name == view)
-        if info.likelihood == "negative_binomial":  # (log-mean, log-θ): cap the log-mean
+        cap = getattr(self, cap_name)  # +inf (no cap) until `after_fit`: the minimum below is then a no-op
+        if self._likelihood[view] == "negative_binomial":  # (log-mean, log-θ): cap the log-mean
             log_mean, log_theta = raw.chunk(2, dim=-1)
             return torch.cat([torch.minimum(log_mean, torch.log(cap)), log_theta], dim=-1)
         # poisson: mean softplus(raw) + 1e-6, so cap raw at softplus⁻¹(cap)
@@ -362,23 +360,23 @@ class JPVAE(ImputationModel):
         block from the samples observing it, each cross block from the samples observing both
         views (zero when fewer than 3 do), then the nearest covariance with eigenvalues ≥ 1e-4.
         """
-        if self._cap_names:
-            top: dict[str, torch.Tensor] = {}
-            for batch in batches():
+        empirical = self.config.conditional == "empirical"
+        top: dict[str, torch.Tensor] = {}  # each count column's largest observed training value
+        mus_all, vars_all, obs_all = [], [], []
+        if empirical or self._cap_names:
+            for batch in batches():  # one pass over the training data for both
                 for view in self._cap_names:
                     seen = torch.where(batch.masks[view] > 0, batch.values[view], -math.inf).amax(0)
                     top[view] = seen if view not in top else torch.maximum(top[view], seen)
-            for view, name in self._cap_names.items():
-                if view in top:
-                    cap = top[view].to(getattr(self, name))
-                    getattr(self, name).copy_(torch.where(torch.isfinite(cap) & (cap > 0), cap, math.inf))
-        if self.config.conditional == "empirical":
-            mus_all, vars_all, obs_all = [], [], []
-            for batch in batches():
-                mus, logvars = self.encode(batch)
-                mus_all.append(torch.cat(mus, -1))
-                vars_all.append(torch.cat(logvars, -1).exp())
-                obs_all.append(self.observed_views(batch))
+                if empirical:
+                    mus, logvars = self.encode(batch)
+                    mus_all.append(torch.cat(mus, -1))
+                    vars_all.append(torch.cat(logvars, -1).exp())
+                    obs_all.append(self.observed_views(batch))
+        for view, cap in top.items():
+            buf = getattr(self, self._cap_names[view])
+            buf.copy_(torch.where(torch.isfinite(cap) & (cap > 0), cap, math.inf).to(buf))
+        if empirical:
             total = self.cond_mean.numel()
             mu = torch.cat(mus_all) if mus_all else torch.zeros(0, total)
             var = torch.cat(vars_all) if vars_all else torch.zeros(0, total)
