@@ -147,7 +147,10 @@ def test_draws_std_and_intervals(endpoint, digits):
         lo, hi = np.array(p["lower"][missing]), np.array(p["upper"][missing])
         assert (std > 0).all() and (np.array(p["std"][observed]) == 0).all()
         np.testing.assert_allclose(std, draws.std(0, ddof=1), rtol=1e-9)
-        assert (lo <= mean).all() and (mean <= hi).all() and (lo < hi).all()
+        assert (0 <= lo).all() and (lo < hi).all() and (hi <= 1).all()  # `bounded` views: [0, 1]
+        # the mean of a skewed bounded entry (an atom at 0, a long tail) may lie above its 80 % upper
+        # end, and the interval comes from draws of its own: the mean lies inside for nearly all entries
+        assert ((lo <= mean) & (mean <= hi)).mean() >= 0.9
         assert p["lower"][observed] == p["upper"][observed] == p["mean"][observed]
         assert all(row == p["mean"][observed] for row in p["samples"][observed])
 
