@@ -156,10 +156,10 @@ def test_a_contradicting_explicit_likelihood_names_view_and_column(likelihood, b
 # ----------------------------------------------------------------------------- JPVAE latent uncertainty
 
 
-def _jpvae(k=2, d=3, n_views=2):
+def _jpvae(k=2, d=3, n_views=2, **kw):
     torch.manual_seed(0)
     infos = [ViewInfo(f"v{i}", d, "gaussian") for i in range(n_views)]
-    return build_model("jpvae", infos, latent_dim=k, hidden=(8,)), infos
+    return build_model("jpvae", infos, latent_dim=k, hidden=(8,), **kw), infos
 
 
 def test_empirical_latent_covariance_adds_mean_encoder_variance():
@@ -198,6 +198,71 @@ def test_blockwise_latent_gaussian_with_few_complete_samples_matches_numpy():
     a, b = mu[0][both] - ref_mean[:2], mu[1][both] - ref_mean[2:4]
     np.testing.assert_allclose(model.cond_cov[2:4, :2].double().numpy(), b.T @ a / (both.sum() - 1), atol=2e-3)
     assert np.linalg.eigvalsh(model.cond_cov.double().numpy()).min() > 0
+
+
+def _correlated(n, rho, rng):
+    """(n, 4) Gaussian rows: two 2-dim blocks with cross-correlation ρ on the diagonal."""
+    sigma = np.block([[np.eye(2), rho * np.eye(2)], [rho * np.eye(2), np.eye(2)]])
+    return rng.multivariate_normal(np.zeros(4), sigma, size=n), sigma
+
+
+def test_cross_shrinkage_estimates_the_oracle_intensity():
+    # Independent reference: the intensity that minimises E||(1 − λ) r − ρ||² over the cross-view
+    # correlations is Σ Var(r) / Σ E[r²]; its moments come from 4,000 simulated data sets.
+    from mvimpute.models.jpvae import cross_shrinkage
+
+    rng = np.random.default_rng(0)
+    idx = [[0, 1], [2, 3]]
+    for n, rho in ((20, 0.3), (40, 0.5), (30, 0.8)):
+        rs, lams = [], []
+        for _ in range(4000):
+            x, _ = _correlated(n, rho, rng)
+            rs.append(np.corrcoef(x, rowvar=False)[:2, 2:])
+        rs = np.array(rs)
+        oracle = rs.var(0).sum() / (rs**2).mean(0).sum()
+        for _ in range(300):
+            x, _ = _correlated(n, rho, rng)
+            obs = torch.ones(n, 2, dtype=torch.bool)
+            lams.append(cross_shrinkage(torch.tensor(x), obs, idx))
+        assert abs(np.mean(lams) - oracle) < 0.25 * oracle, (n, rho, np.mean(lams), oracle)
+    # no coupling to find: mostly shrunk; a strong coupling with many samples: kept
+    ones = torch.ones(30, 2, dtype=torch.bool)
+    assert np.mean([cross_shrinkage(torch.tensor(rng.normal(size=(30, 4))), ones, idx) for _ in range(200)]) > 0.6
+    x, _ = _correlated(3000, 0.8, rng)
+    assert cross_shrinkage(torch.tensor(x), torch.ones(3000, 2, dtype=torch.bool), idx) < 0.01
+
+
+def test_jpvae_shrinks_only_the_cross_view_blocks_and_keeps_a_covariance():
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(30, 3))
+    arrays = {"v0": base + 0.3 * rng.normal(size=(30, 3)), "v1": base + 0.3 * rng.normal(size=(30, 3))}
+    arrays["v1"][:6] = np.nan
+    batch = MultiViewBatch.from_arrays(arrays)
+    fitted = {}
+    for lam in (0.0, 0.4, "auto"):
+        model, _ = _jpvae(cross_shrinkage=lam)
+        model.eval()
+        model.after_fit(lambda: iter([batch]))
+        fitted[lam] = (model.cond_cov.double().numpy(), float(model.cross_shrinkage_))
+    raw = fitted[0.0][0]
+    shrunk, lam = fitted[0.4]
+    assert lam == pytest.approx(0.4)
+    np.testing.assert_allclose(shrunk[:2, 2:], 0.6 * raw[:2, 2:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(shrunk[:2, :2], raw[:2, :2], rtol=1e-6)
+    np.testing.assert_allclose(shrunk[2:, 2:], raw[2:, 2:], rtol=1e-6)
+    auto, lam_auto = fitted["auto"]
+    from mvimpute.models.jpvae import cross_shrinkage
+
+    with torch.no_grad():  # estimated on the encoder means of the samples observing both views
+        mus, _ = model.encode(batch)
+    obs = torch.tensor(np.c_[np.ones(30, bool), ~np.isnan(arrays["v1"][:, 0])])
+    assert lam_auto == pytest.approx(cross_shrinkage(torch.cat(mus, -1), obs, [[0, 1], [2, 3]]), rel=1e-5)
+    assert 0.0 < lam_auto
+    np.testing.assert_allclose(auto[:2, 2:], (1 - lam_auto) * raw[:2, 2:], rtol=1e-4, atol=1e-6)
+    assert np.linalg.eigvalsh(auto).min() > 0
+    for bad in (1.5, -0.1, "often"):
+        with pytest.raises(ValueError, match="cross_shrinkage"):
+            _jpvae(cross_shrinkage=bad)
 
 
 def test_conditional_latent_draws_carry_the_observed_encoders_variance():
@@ -425,13 +490,15 @@ def test_intervals_and_crps_against_the_exact_conditional(name):
 
 def test_size_defaults_rule():
     mp, tp = size_defaults("jpvae", 40)
-    assert mp == {"hidden": (16, 16), "latent_dim": 2} and tp["batch_size"] == 8 and tp["val_frac"] == 0.2
+    assert mp == {"hidden": (16, 16), "latent_dim": 2, "cross_shrinkage": "auto"}
+    assert tp["batch_size"] == 8 and tp["val_frac"] == 0.2
     mp, tp = size_defaults("mvae", 400, given={"hidden"})
     assert mp == {"latent_dim": 16} and tp["batch_size"] == 50 and "val_frac" not in tp
     assert size_defaults("tae", 5000) == ({}, {})
     imp = mvi.MultiViewImputer("jpvae", epochs=1, progress=False, latent_dim=3)
     imp.fit(mvi.load_dataset("synthetic-omics", n_samples=60))
     assert imp.model_.config.latent_dim == 3 and imp.model_.config.hidden == (16, 16)
+    assert imp.model_.config.cross_shrinkage == "auto" and 0 < float(imp.model_.cross_shrinkage_) <= 1
 
 
 # ----------------------------------------------------------------------------- memory flat in the split's size

@@ -6,7 +6,8 @@ The rule, for n samples given to `fit` (before the validation split), when n < `
   the posterior models (TAE, MVAE, MIWAE) h; TAE's prior network min(50, h);
 - latent size = round(n / 25) within [2, 20] per view (JPVAE) or in all (the posterior models);
 - batch size = n / 8 within [8, 64] (at least 4 steps per epoch);
-- weight decay 1e-3 (Adam's L2), patience 40 epochs, validation share 0.2 (n < 200).
+- weight decay 1e-3 (Adam's L2), patience 40 epochs, validation share 0.2 (n < 200);
+- JPVAE: Σ̂'s cross-view couplings shrunk by an estimated intensity (`cross_shrinkage="auto"`).
 
 At n ≥ `SMALL_N` nothing changes. Any parameter the caller names is left as given. The rule was
 set on synthetic-omics (see docs/uncertainty.md, "Small data"), not tuned per data set.
@@ -31,7 +32,7 @@ def size_defaults(model: str, n: int, given: set[str] | frozenset[str] = frozens
     latent = int(min(20, max(2, round(n / 25))))
     if model == "jpvae":
         width = int(min(512, max(16, h)))
-        mp = {"hidden": (width, width), "latent_dim": latent}
+        mp = {"hidden": (width, width), "latent_dim": latent, "cross_shrinkage": "auto"}
     else:
         width = int(min(400, max(16, h)))
         mp = {"hidden": width, "latent_dim": latent}
