@@ -379,6 +379,37 @@ def test_conformal_reaches_nominal_coverage_where_raw_draws_are_too_narrow():
     assert float(cal.stretch[0, 0, level_index(0.9)]) > 2.5  # it widened (by about 1/0.3)
 
 
+def test_calibrated_draws_cover_like_the_calibrated_interval_where_raw_draws_are_all_equal():
+    """Count draws that are mostly identical (each entry drawn its rounded mean every time) and
+    truths spread around them: the conformal interval's floor δ widens them, and the calibrated
+    draws (`sample`) must cover as the calibrated interval does, not stay a point."""
+    rng = np.random.default_rng(5)
+
+    def make(n):
+        mean = rng.uniform(2, 8, size=n)
+        y = rng.poisson(mean).astype(float)
+        draws = np.repeat(np.round(mean)[None], 100, axis=0)
+        draws[:3] += 1.0  # a few draws differ: the raw 90 % interval is still a point
+        return torch.as_tensor(draws[:, :, None]), torch.as_tensor(y[:, None])
+
+    cal = ConformalCalibration(["v"], ["poisson"])
+    draws, y = make(4000)
+    none = {"v": torch.zeros(len(y), dtype=torch.bool)}
+    cal.fit([({"v": draws}, {"v": y}, {"v": torch.ones_like(y, dtype=torch.bool)}, none)])
+    draws, y = make(4000)
+    lo, hi = cal.interval("v", draws, 0.9, none["v"])
+    by_interval = float(((y >= lo) & (y <= hi)).double().mean())
+    torch.manual_seed(0)
+    x = cal.stretch_draws({"v": draws}, none)["v"].numpy()[:, :, 0]
+    assert np.all(x == np.round(x)) and x.min() >= 0  # still counts
+    q = np.quantile(x, [0.05, 0.95], axis=0)
+    by_draws = float(np.mean((y.numpy()[:, 0] >= q[0]) & (y.numpy()[:, 0] <= q[1])))
+    assert by_interval > 0.88, by_interval
+    assert abs(by_draws - by_interval) < 0.04, (by_draws, by_interval)
+    width_draws, width_interval = float(np.mean(q[1] - q[0])), float((hi - lo).double().mean())
+    assert abs(width_draws / width_interval - 1) < 0.15, (width_draws, width_interval)
+
+
 def test_conformal_calibrates_each_kind_of_missing_entry_apart():
     """Entries missing inside an observed view (draws too narrow) and of wholly missing views (draws
     too wide): one pooled stretch would miss both; per kind, both reach 90 %."""
