@@ -22,6 +22,7 @@ from mvimpute.models import build_model, eval_elbo
 from mvimpute.models.base import ViewInfo
 from mvimpute.models.calibration import ConformalCalibration, level_index
 from mvimpute.models.defaults import size_defaults
+from mvimpute.models.jpvae import cross_shrinkage
 from mvimpute.models.posterior import seeded_normal
 from mvimpute.training import TrainConfig
 
@@ -209,8 +210,6 @@ def _correlated(n, rho, rng):
 def test_cross_shrinkage_estimates_the_oracle_intensity():
     # Independent reference: the intensity that minimises E||(1 − λ) r − ρ||² over the cross-view
     # correlations is Σ Var(r) / Σ E[r²]; its moments come from 4,000 simulated data sets.
-    from mvimpute.models.jpvae import cross_shrinkage
-
     rng = np.random.default_rng(0)
     idx = [[0, 1], [2, 3]]
     for n, rho in ((20, 0.3), (40, 0.5), (30, 0.8)):
@@ -251,8 +250,6 @@ def test_jpvae_shrinks_only_the_cross_view_blocks_and_keeps_a_covariance():
     np.testing.assert_allclose(shrunk[:2, :2], raw[:2, :2], rtol=1e-6)
     np.testing.assert_allclose(shrunk[2:, 2:], raw[2:, 2:], rtol=1e-6)
     auto, lam_auto = fitted["auto"]
-    from mvimpute.models.jpvae import cross_shrinkage
-
     with torch.no_grad():  # estimated on the encoder means of the samples observing both views
         mus, _ = model.encode(batch)
     obs = torch.tensor(np.c_[np.ones(30, bool), ~np.isnan(arrays["v1"][:, 0])])

@@ -8,6 +8,7 @@ the latents of the observed views, then decoded.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -53,12 +54,13 @@ class JPVAEConfig:
         if self.kl_cycles < 0:
             raise ValueError(f"kl_cycles must be ≥ 0, got {self.kl_cycles}")
         if self.cross_shrinkage != "auto":
+            bad = ValueError(f"cross_shrinkage must be 'auto' or lie in [0, 1], got {self.cross_shrinkage!r}")
             try:
                 self.cross_shrinkage = float(self.cross_shrinkage)
             except (TypeError, ValueError):
-                self.cross_shrinkage = math.nan
+                raise bad from None
             if not 0 <= self.cross_shrinkage <= 1:
-                raise ValueError(f"cross_shrinkage must be 'auto' or lie in [0, 1], got {self.cross_shrinkage!r}")
+                raise bad
         self.hidden = tuple(int(h) for h in self.hidden)
 
 
@@ -156,12 +158,6 @@ def gaussian_conditional(
     return cmean, 0.5 * (ccov + ccov.T)
 
 
-def _block_pairs(idx: list[list[int]]):
-    for v in range(len(idx)):
-        for w in range(v + 1, len(idx)):
-            yield v, w
-
-
 def cross_shrinkage(mu: torch.Tensor, obs: torch.Tensor, idx: list[list[int]]) -> float:
     """Shrinkage intensity λ of the cross-view correlations towards 0 (a block-diagonal target).
 
@@ -178,7 +174,7 @@ def cross_shrinkage(mu: torch.Tensor, obs: torch.Tensor, idx: list[list[int]]) -
     missing-view pattern.
     """
     num, den = 0.0, 0.0
-    for v, w in _block_pairs(idx):
+    for v, w in itertools.combinations(range(len(idx)), 2):
         rows = obs[:, v] & obs[:, w]
         n = int(rows.sum())
         if n < 3:
