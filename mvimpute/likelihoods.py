@@ -10,7 +10,8 @@ Likelihoods, per view:
 - `bounded` — continuous data in [0, 1] with mass at the bounds: a Gaussian N(μ, σ²) with learned
   variance censored to [0, 1] (a value below 0 is recorded as 0, above 1 as 1). Its density is
   N(y; μ, σ²) inside (0, 1) and it puts mass Φ(−μ/σ) on 0 and Φ((μ − 1)/σ) on 1; a draw is
-  `clamp(N(μ, σ²), 0, 1)`.
+  `clamp(N(μ, σ²), 0, 1)`. The draw before the clamp (`censored=False`) is the latent value
+  the censoring recorded; calibration works on it (see `models/calibration.py`).
   *Why censored Gaussian and not a zero/one-inflated Beta.* On digits-halves half of the hidden
   pixels are exactly 0 and ~9 % exactly 1, so any density on (0, 1) (Beta, continuous Bernoulli)
   covers none of them. A Gaussian with learned variance whose draws are clipped to [0, 1] covered
@@ -135,9 +136,11 @@ class CensoredNormal:
         at_hi = torch.special.log_ndtr(-b)
         return torch.where(y <= self.lo + tol, at_lo, torch.where(y >= self.hi - tol, at_hi, inner))
 
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: tuple[int, ...] = (), censored: bool = True) -> torch.Tensor:
+        """Draws clamped to [lo, hi]; with `censored=False`, the latent N(loc, scale²) draws."""
         with torch.no_grad():
-            return D.Normal(self.loc, self.scale).sample(torch.Size(sample_shape)).clamp(self.lo, self.hi)
+            x = D.Normal(self.loc, self.scale).sample(torch.Size(sample_shape))
+            return x.clamp(self.lo, self.hi) if censored else x
 
     @property
     def mean(self) -> torch.Tensor:
@@ -198,9 +201,17 @@ def mean(likelihood: str, raw: torch.Tensor) -> torch.Tensor:
     return distribution(likelihood, raw).mean
 
 
-def sample(likelihood: str, raw: torch.Tensor) -> torch.Tensor:
-    """One draw y ~ p(y | decoder output): a bit, a censored value, a count or a real — never the mean."""
-    return distribution(likelihood, raw).sample().to(raw.dtype)
+def sample(likelihood: str, raw: torch.Tensor, censored: bool = True) -> torch.Tensor:
+    """One draw y ~ p(y | decoder output): a bit, a censored value, a count or a real — never the mean.
+    `censored=False` leaves a `bounded` draw unclamped (the latent Gaussian value); `censor` clamps it."""
+    dist = distribution(likelihood, raw)
+    x = dist.sample(censored=censored) if isinstance(dist, CensoredNormal) else dist.sample()
+    return x.to(raw.dtype)
+
+
+def censor(likelihood: str, x: torch.Tensor) -> torch.Tensor:
+    """A `bounded` view's latent draws clamped to its range (what `censored=True` draws); others as they are."""
+    return x.clamp(*BOUNDS) if likelihood == "bounded" else x
 
 
 # ----------------------------------------------------------------------------- Gaussian-link observations
@@ -220,10 +231,10 @@ def link_log_prob(likelihood: str, y: torch.Tensor, mu: torch.Tensor, logvar: to
     return -0.5 * (math.log(2 * math.pi) + logvar + (y - mu) ** 2 * torch.exp(-logvar))
 
 
-def link_sample(likelihood: str, x: torch.Tensor) -> torch.Tensor:
-    """The observation of a Gaussian draw x."""
+def link_sample(likelihood: str, x: torch.Tensor, censored: bool = True) -> torch.Tensor:
+    """The observation of a Gaussian draw x (`censored=False`: a `bounded` view's x unclamped)."""
     if likelihood == "bounded":
-        return x.clamp(*BOUNDS)
+        return censor(likelihood, x) if censored else x
     if likelihood == "binary":
         return (x > 0.5).to(x.dtype)
     if likelihood in COUNT_LIKELIHOODS:

@@ -78,8 +78,10 @@ class ImputationModel(nn.Module):
     def loss(self, batch: MultiViewBatch, progress: float = 1.0) -> LossOutput:
         raise NotImplementedError
 
-    def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
-        """Draws (n_samples, n, d_v) per view; observed entries are the observed values."""
+    def impute(self, batch: MultiViewBatch, n_samples: int, censored: bool = True) -> dict[str, torch.Tensor]:
+        """Draws (n_samples, n, d_v) per view; observed entries are the observed values. With
+        `censored=False`, a `bounded` view's draws are the latent Gaussian values before the clamp to
+        its range (what the conformal calibration scores and stretches)."""
         raise NotImplementedError
 
     def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
@@ -118,7 +120,7 @@ class ImputationModel(nn.Module):
             # flat in the validation split's size
             for rows in row_chunks(len(c)):
                 part = (
-                    self.impute(c.select(rows), n_samples),
+                    self.impute(c.select(rows), n_samples, censored=False),
                     {v: x[rows] for v, x in t.items()},
                     {v: x[rows] for v, x in h.items()},
                     {v: x[rows] for v, x in m.items()},
@@ -131,17 +133,17 @@ class ImputationModel(nn.Module):
     def sample_draws(self, batch: MultiViewBatch, n_samples: int, calibrated: bool = True) -> dict[str, torch.Tensor]:
         """Predictive draws (S, n, d_v), stretched by the conformal calibration when fitted and
         `calibrated`; observed entries keep their values."""
-        draws = self.impute(batch, n_samples)
-        if calibrated:
-            draws = self.keep_observed(batch, self.calibration.stretch_draws(draws, self.view_missing(batch)))
-        return draws
+        if not calibrated:
+            return self.impute(batch, n_samples)
+        draws = self.impute(batch, n_samples, censored=False)
+        return self.keep_observed(batch, self.calibration.stretch_draws(draws, self.view_missing(batch)))
 
     @torch.no_grad()
     def intervals(
         self, batch: MultiViewBatch, level: float = 0.9, n_samples: int = 100, calibrated: bool = True
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Central `level` intervals (lo, hi), each (n, d_v) per view; observed entries give lo = hi = y."""
-        draws = self.impute(batch, n_samples)
+        draws = self.impute(batch, n_samples, censored=False)
         missing = self.view_missing(batch)
         out = {}
         for v, x in draws.items():

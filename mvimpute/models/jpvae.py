@@ -565,13 +565,13 @@ class JPVAE(ImputationModel):
         return out
 
     @torch.no_grad()
-    def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
+    def impute(self, batch: MultiViewBatch, n_samples: int, censored: bool = True) -> dict[str, torch.Tensor]:
         zs = self.latents(batch, n_samples)
         out = {}
         for info, z in zip(self.view_infos, zs, strict=True):
             raw = self.decode(info.name, z)
             if self.config.sample_noise:  # a predictive draw from the observation model
-                out[info.name] = lk.sample(info.likelihood, raw).to(z.dtype)
+                out[info.name] = lk.sample(info.likelihood, raw, censored).to(z.dtype)
             else:
                 out[info.name] = lk.mean(info.likelihood, raw)
         return self.keep_observed(batch, out)

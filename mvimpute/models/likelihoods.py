@@ -8,6 +8,7 @@ from ..likelihoods import (  # noqa: F401
     LOGVAR_FLOOR,
     N_PARAMS,
     CensoredNormal,
+    censor,
     distribution,
     link_log_prob,
     link_mean,

@@ -132,14 +132,17 @@ class PosteriorNetworks(nn.Module):
         parts = [t.split(self.dims, dim=-1) for t in tensors]
         return torch.cat([fn(lik, *(p[i] for p in parts)) for i, lik in enumerate(self.likelihoods)], dim=-1)
 
-    def observe(self, x: torch.Tensor) -> torch.Tensor:
-        """The views' observations of Gaussian draws x (..., D): censored, thresholded or rounded."""
-        return self.per_view(lk.link_sample, x)
+    def observe(self, x: torch.Tensor, censored: bool = True) -> torch.Tensor:
+        """The views' observations of Gaussian draws x (..., D): censored, thresholded or rounded
+        (`censored=False`: `bounded` views' x left unclamped)."""
+        return self.per_view(lambda lik, part: lk.link_sample(lik, part, censored), x)
 
     def observation_mean(self, mu_x: torch.Tensor, logvar_x: torch.Tensor) -> torch.Tensor:
         return self.per_view(lk.link_mean, mu_x, logvar_x)
 
-    def sample_x(self, batch: MultiViewBatch, n_samples: int, extra_logvar: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_x(
+        self, batch: MultiViewBatch, n_samples: int, extra_logvar: torch.Tensor | None = None, censored: bool = True
+    ) -> torch.Tensor:
         """Predictive draws: z ~ q(z|y,m), x ~ q(x|z[,y,m]) (+ noise of log-variance `extra_logvar`),
         observed through each view's likelihood: (S, n, D)."""
         mu_z, lv_z = self.posterior_z(batch)
@@ -147,7 +150,7 @@ class PosteriorNetworks(nn.Module):
         mu_x, lv_x = self.posterior_x_given_z(z, batch)
         if extra_logvar is not None:
             lv_x = torch.logaddexp(lv_x, extra_logvar)
-        return self.observe(reparameterise(mu_x, lv_x))
+        return self.observe(reparameterise(mu_x, lv_x), censored)
 
     def mean_x(self, batch: MultiViewBatch, n_z: int = 32, extra_logvar: torch.Tensor | None = None) -> torch.Tensor:
         """The predictive mean E[y|y_obs] over `n_z` seeded draws of z (deterministic): (n, D)."""
@@ -194,8 +197,8 @@ class PosteriorModel(ImputationModel):
         return None
 
     @torch.no_grad()
-    def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
-        return self._finish(batch, self.posterior.sample_x(batch, n_samples, self.predictive_logvar(batch)))
+    def impute(self, batch: MultiViewBatch, n_samples: int, censored: bool = True) -> dict[str, torch.Tensor]:
+        return self._finish(batch, self.posterior.sample_x(batch, n_samples, self.predictive_logvar(batch), censored))
 
     @torch.no_grad()
     def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:

@@ -159,14 +159,14 @@ class MIWAE(_VAEBase):
         return torch.softmax(log_w, dim=0), mu_x, lv_x
 
     @torch.no_grad()
-    def impute(self, batch: MultiViewBatch, n_samples: int) -> dict[str, torch.Tensor]:
+    def impute(self, batch: MultiViewBatch, n_samples: int, censored: bool = True) -> dict[str, torch.Tensor]:
         """Sampling importance resampling: pick z_k with weight w_k, then x ~ p(x|z_k)."""
         parts = []
         for sub in self._chunks(batch):
             w, mu_x, lv_x = self._weighted(sub)
             idx = torch.multinomial(w.T, n_samples, replacement=True).T  # (S, n)
             rows = torch.arange(w.shape[1], device=w.device).expand_as(idx)
-            parts.append(self.posterior.observe(reparameterise(mu_x[idx, rows], lv_x[idx, rows])))
+            parts.append(self.posterior.observe(reparameterise(mu_x[idx, rows], lv_x[idx, rows]), censored))
         return self._finish(batch, torch.cat(parts, dim=1))
 
     @torch.no_grad()
