@@ -110,3 +110,29 @@ def test_unknown_model_and_parameter_are_named():
 def test_transform_before_fit_is_a_clear_error():
     with pytest.raises(RuntimeError, match="not fitted"):
         mvi.MultiViewImputer("jpvae").transform({"a": np.zeros((2, 2))})
+
+
+def test_latent_draws_of_a_bounded_view_are_the_censored_draws_before_the_clamp(name):
+    """`impute(censored=False)` leaves a `bounded` view's draws unclamped (what calibration scores),
+    from the same random stream: clamped to [0, 1] they are the censored draws, bit for bit; other
+    views do not change. Calibrated draws and intervals are censored again, fitted or not."""
+    views = [ViewInfo("rna", 5, "gaussian"), ViewInfo("grey", 4, "bounded")]
+    model = build_model(name, views, **SMALL.get(name, {})).eval()
+    rng = np.random.default_rng(0)
+    grey = np.clip(rng.normal(0.2, 0.4, size=(12, 4)), 0, 1)
+    grey[:4] = np.nan
+    rna = rng.normal(size=(12, 5))
+    rna[rng.random(rna.shape) < 0.3] = np.nan
+    batch = MultiViewBatch.from_arrays({"rna": rna, "grey": grey})
+    torch.manual_seed(7)
+    censored = model.impute(batch, n_samples=50)
+    torch.manual_seed(7)
+    latent = model.impute(batch, n_samples=50, censored=False)
+    assert torch.equal(latent["rna"], censored["rna"])
+    assert torch.equal(latent["grey"].clamp(0, 1), censored["grey"])
+    assert bool(((latent["grey"] < 0) | (latent["grey"] > 1)).any())  # not clamped already
+    for calibrated in (True, False):
+        draws = model.sample_draws(batch, 50, calibrated)["grey"]
+        lo, hi = model.intervals(batch, 0.9, 50, calibrated)["grey"]
+        for x in (draws, lo, hi):
+            assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0

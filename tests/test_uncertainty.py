@@ -20,7 +20,7 @@ from mvimpute.batch import MultiViewBatch
 from mvimpute.checkpoint import load_checkpoint
 from mvimpute.models import build_model, eval_elbo
 from mvimpute.models.base import ViewInfo
-from mvimpute.models.calibration import ConformalCalibration, level_index
+from mvimpute.models.calibration import ConformalCalibration, level_index, scores
 from mvimpute.models.defaults import size_defaults
 from mvimpute.models.jpvae import cross_shrinkage
 from mvimpute.models.posterior import seeded_normal
@@ -405,6 +405,59 @@ def test_calibrated_draws_cover_like_the_calibrated_interval_where_raw_draws_are
     assert abs(by_draws - by_interval) < 0.04, (by_draws, by_interval)
     width_draws, width_interval = float(np.mean(q[1] - q[0])), float((hi - lo).double().mean())
     assert abs(width_draws / width_interval - 1) < 0.15, (width_draws, width_interval)
+
+
+def _censored_entries(n, rng, widen=1.0):
+    """Truths from N(μ, σ²) censored to [0, 1] (about 40 % exactly 0) and latent draws N(μ, (widen·σ)²)."""
+    mu, s = rng.uniform(-0.6, 0.9, size=n), rng.uniform(0.1, 0.4, size=n)
+    y = np.clip(mu + s * rng.normal(size=n), 0, 1)
+    draws = mu + widen * s * rng.normal(size=(100, n))
+    return torch.as_tensor(draws[:, :, None]), torch.as_tensor(y[:, None])
+
+
+def test_bounded_conformal_scores_a_truth_on_a_bound_as_the_nearest_latent_value():
+    """By hand (numpy quantiles): a truth at 0 whose latent median lies below 0 scores 0; one whose
+    median m lies above scores m / (m − q₀.₀₅); a truth at 1 mirrors it; an inner truth is unchanged."""
+    grid = np.linspace(0, 1, 101)
+    draws = np.stack([-1.0 + 1.2 * grid, -0.2 + grid, 0.2 + 1.2 * grid, 0.1 + 0.6 * grid], axis=1)
+    y = np.array([0.0, 0.0, 1.0, 0.55])
+    m = np.median(draws, axis=0)
+    q05, q95 = np.quantile(draws, [0.05, 0.95], axis=0)
+    want = [0.0, m[1] / (m[1] - q05[1]), (1 - m[2]) / (q95[2] - m[2]), (y[3] - m[3]) / (q95[3] - m[3])]
+    got = scores(torch.as_tensor(draws), torch.as_tensor(y), 1e-3, levels=[0.9], bounds=(0.0, 1.0))[0]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+
+
+def test_bounded_conformal_reaches_nominal_coverage_with_an_atom_at_zero():
+    """Censored truths and the exact predictive's latent draws. Its central 90 % interval covers more
+    than 90 % (a truth at 0 is covered whenever the interval reaches 0), and scored on the censored
+    draws the truths at 0 tie at a stretch of exactly 1, so calibration cannot shrink it. Scored on the
+    latent draws it covers the level, and so do the calibrated draws, in [0, 1] with mass on 0."""
+    rng = np.random.default_rng(3)
+    none = {"v": None}
+    latent = ConformalCalibration(["v"], ["bounded"])
+    clamped = ConformalCalibration(["v"], ["bounded"])
+    draws, y = _censored_entries(4000, rng)
+    none["v"] = torch.zeros(len(y), dtype=torch.bool)
+    hidden = {"v": torch.ones_like(y, dtype=torch.bool)}
+    latent.fit([({"v": draws}, {"v": y}, hidden, none)])
+    clamped.fit([({"v": draws.clamp(0, 1)}, {"v": y}, hidden, none)])
+    test_draws, test_y = _censored_entries(4000, rng)
+    assert float((test_y == 0).double().mean()) > 0.3
+    for level in (0.8, 0.9):
+        lo, hi = latent.interval("v", test_draws, level, none["v"])
+        cov = float(((test_y >= lo) & (test_y <= hi)).double().mean())
+        assert abs(cov - level) < 0.025, (level, cov)
+        assert float(lo.min()) >= 0 and float(hi.max()) <= 1
+    lo, hi = clamped.interval("v", test_draws.clamp(0, 1), 0.9, none["v"])
+    assert float(((test_y >= lo) & (test_y <= hi)).double().mean()) > 0.94  # the tie
+    assert float(clamped.stretch[0, 0, level_index(0.9)]) == 1.0
+    torch.manual_seed(0)
+    x = latent.stretch_draws({"v": test_draws}, none)["v"].numpy()[:, :, 0]
+    assert x.min() >= 0 and x.max() <= 1 and (x == 0).mean() > 0.2
+    q = np.quantile(x, [0.05, 0.95], axis=0)
+    cov = np.mean((test_y.numpy()[:, 0] >= q[0]) & (test_y.numpy()[:, 0] <= q[1]))
+    assert abs(cov - 0.9) < 0.025, cov
 
 
 def test_conformal_calibrates_each_kind_of_missing_entry_apart():
