@@ -95,7 +95,11 @@ def test_draw_columns_are_lists_of_n_samples(ray_session, checkpoint, table, tmp
     assert draws.shape == (300, 7)
     x = wide["bottom:px40"].to_numpy()[:300]
     obs = ~np.isnan(x)
-    assert (draws[obs] == x[obs, None]).all() and (draws[~obs].std(1) > 0).mean() > 0.9
+    assert (draws[obs] == x[obs, None]).all()
+    # multiple imputation, not one guess: the draws of most missing entries differ; those that do not
+    # sit on a bound of the `bounded` view (a pixel the model draws as 0 every time: an atom)
+    const = draws[~obs].std(1) == 0
+    assert const.mean() < 0.25 and np.isin(draws[~obs][const], (0.0, 1.0)).all()
 
 
 def test_a_batch_failing_midway_leaves_no_output(ray_session, checkpoint, table, tmp_path):  # noqa: F811

@@ -231,11 +231,7 @@ class ConformalCalibration(nn.Module):
 
     def _finish(self, view: str, x: torch.Tensor) -> torch.Tensor:
         lk = self.likelihoods[self.views.index(view)]
-        if lk == "bounded":
-            return x.clamp(*BOUNDS)
-        if lk in COUNT_LIKELIHOODS:
-            return x.clamp_min(0)
-        return x
+        return x.clamp_min(0) if lk in COUNT_LIKELIHOODS else _censor(lk, x)
 
     def _per_entry(self, i: int, j: int, view_missing: torch.Tensor, shape, table: torch.Tensor) -> torch.Tensor:
         """The (n, d) value of `table[i, kind, j]` (or `table[i, kind]`) for each entry's kind."""

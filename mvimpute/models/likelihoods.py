@@ -8,7 +8,6 @@ from ..likelihoods import (  # noqa: F401
     LOGVAR_FLOOR,
     N_PARAMS,
     CensoredNormal,
-    censor,
     distribution,
     link_log_prob,
     link_mean,
