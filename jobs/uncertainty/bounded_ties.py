@@ -7,25 +7,20 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python jobs/uncertainty/bounded_ties.py MODEL M
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import mvimpute as mvi
-from mvimpute.evaluation import hide
-from mvimpute.models.calibration import level_index
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_cell import digits_cell  # noqa: E402
+
+from mvimpute.models.calibration import level_index  # noqa: E402
 
 torch.set_num_threads(1)
 model, mech, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-data = mvi.load_dataset("digits-halves")
-n = data.n_samples
-perm = np.random.default_rng(seed).permutation(n)
-nt = int(round(0.2 * n))
-train, test = data.subset(np.sort(perm[nt:])), data.subset(np.sort(perm[:nt]))
-ctr = hide(train, mech, 0.5, seed).data
-cte = hide(test, mech, 0.5, seed + 10000)
 t0 = time.time()
-imp = mvi.MultiViewImputer(model, epochs=100, progress=False, seed=seed).fit(ctr)
+imp, test, cte = digits_cell(model, mech, seed)
 print(f"fit {time.time() - t0:.0f} s")
 cal = imp.model_.calibration
 levels = range(level_index(0.85), level_index(0.95) + 1)

@@ -6,23 +6,16 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python jobs/uncertainty/interval_levels.py MODE
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import mvimpute as mvi
-from mvimpute.evaluation import hide
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_cell import digits_cell  # noqa: E402
 
 torch.set_num_threads(1)
-model, mech, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-data = mvi.load_dataset("digits-halves")
-n = data.n_samples
-perm = np.random.default_rng(seed).permutation(n)
-nt = int(round(0.2 * n))
-train, test = data.subset(np.sort(perm[nt:])), data.subset(np.sort(perm[:nt]))
-ctr = hide(train, mech, 0.5, seed).data
-cte = hide(test, mech, 0.5, seed + 10000)
-imp = mvi.MultiViewImputer(model, epochs=100, progress=False, seed=seed).fit(ctr)
+imp, test, cte = digits_cell(sys.argv[1], sys.argv[2], int(sys.argv[3]))
 draws = imp.sample(cte.data.views, n_samples=100)
 hidden = {v: np.asarray(cte.hidden[v]).astype(bool) for v in test.view_names}
 truth = {v: np.asarray(test.views[v]) for v in test.view_names}

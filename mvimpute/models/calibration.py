@@ -256,7 +256,7 @@ class ConformalCalibration(nn.Module):
             return self.censor(draws)
         j = level_index(SAMPLE_LEVEL)
         z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + SAMPLE_LEVEL) / 2)))
-        out = self.censor(draws)
+        out = dict(draws)  # a calibrated view is clamped by `_finish`; only `bounded` views need it
         for i, v in enumerate(self.views):
             if v not in draws or not self.calibrates(v):
                 continue
