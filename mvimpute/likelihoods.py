@@ -234,7 +234,7 @@ def link_log_prob(likelihood: str, y: torch.Tensor, mu: torch.Tensor, logvar: to
 def link_sample(likelihood: str, x: torch.Tensor, censored: bool = True) -> torch.Tensor:
     """The observation of a Gaussian draw x (`censored=False`: a `bounded` view's x unclamped)."""
     if likelihood == "bounded":
-        return censor(likelihood, x) if censored else x
+        return x.clamp(*BOUNDS) if censored else x
     if likelihood == "binary":
         return (x > 0.5).to(x.dtype)
     if likelihood in COUNT_LIKELIHOODS:

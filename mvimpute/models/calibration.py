@@ -256,7 +256,7 @@ class ConformalCalibration(nn.Module):
             return self.censor(draws)
         j = level_index(SAMPLE_LEVEL)
         z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + SAMPLE_LEVEL) / 2)))
-        out = dict(draws)  # a calibrated view is clamped by `_finish`; only `bounded` views need it
+        out = dict(draws)  # each calibrated view is clamped by `_finish` below; binary views need no clamp
         for i, v in enumerate(self.views):
             if v not in draws or not self.calibrates(v):
                 continue
