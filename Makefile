@@ -1,4 +1,6 @@
 PY ?= python3
+# the benchmark `make bench` runs: a jobs/bench.py subcommand and its options (`python jobs/bench.py --help`)
+BENCH ?= fit-time
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -24,7 +26,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 bench: venv
-	$(BIN)/python jobs/bench.py
+	$(BIN)/python jobs/bench.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts ray_results .pytest_cache

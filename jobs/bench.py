@@ -32,7 +32,8 @@ import benchmarks  # noqa: E402  (jobs/benchmarks.py: benchmark code stays out o
 import yaml
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmarks and their options (no benchmark runs)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="bench", required=True)
     a = sub.add_parser("jpvae-priors", help="half-digit imputation BCE and active units per JPVAE prior")
@@ -131,7 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     bt.add_argument("--batch-size", type=int, default=4096)
     bt.add_argument("--checkpoint", default=None)
     bt.add_argument("--out", default="outputs/bench")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.bench == "cli-startup":
         cli_startup(args.repeats)
         return
