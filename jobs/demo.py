@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import mvimpute as mvi
-from mvimpute import console, tracking
+from mvimpute import console, registry
 from mvimpute.distributed import train_main
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         data="digits-halves",
         num_workers=args.num_workers,
     )
-    model = tracking.load_pyfunc(job.model_uri)
+    model = registry.load_pyfunc(job.model_uri)
 
     data = mvi.load_dataset("digits-halves")
     sample = data.subset([0])
@@ -71,9 +71,9 @@ def serve_and_impute(model_uri: str, sample, port: int) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from serve.app import build_app
 
-    tracking_uri = tracking.resolve_tracking_uri()
-    name = tracking.model_version(model_uri, tracking_uri)["name"]
-    tracking.set_alias(model_uri, "champion", tracking_uri)
+    tracking_uri = registry.resolve_tracking_uri()
+    name = registry.model_version(model_uri, tracking_uri)["name"]
+    registry.set_alias(model_uri, registry.CHAMPION, tracking_uri)
     champion = f"models:/{name}@champion"
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
@@ -98,8 +98,10 @@ def serve_and_impute(model_uri: str, sample, port: int) -> None:
         print(f"POST /impute, sample {pred['id']}: top half given, bottom half missing")
         print("truth   " + " ".join(f"{v:.1f}" for v in truth[8:24]))
         print("imputed " + " ".join(f"{v:.1f}" for v in bottom[8:24]))
-        print(f"RMSE {np.sqrt(np.mean((bottom - truth) ** 2)):.3f}; 90 % intervals cover "
-              f"{np.mean((truth >= lo) & (truth <= hi)):.0%} of the hidden pixels")
+        print(
+            f"RMSE {np.sqrt(np.mean((bottom - truth) ** 2)):.3f}; 90 % intervals cover "
+            f"{np.mean((truth >= lo) & (truth <= hi)):.0%} of the hidden pixels"
+        )
     finally:
         serve.shutdown()
         print("Serve shut down")

@@ -194,9 +194,9 @@ def _options(outputs, n_samples, level) -> dict:
 def load_predictor(checkpoint=None, model_uri=None, tracking_uri=None, device="cpu") -> tuple[Predictor, bytes]:
     """The predictor and its checkpoint's bytes (what the actors rebuild it from)."""
     if checkpoint is None:
-        from . import tracking
+        from .registry import fetch_checkpoint
 
-        path, info = tracking.fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
+        path, info = fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
     else:
         path, info = Path(checkpoint), {"checkpoint": str(checkpoint)}
     from .checkpoint import checkpoint_file

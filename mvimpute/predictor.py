@@ -175,9 +175,9 @@ class Predictor:
         cls, model_uri: str | None = None, tracking_uri: str | None = None, device: str = "auto"
     ) -> Predictor:
         """A logged or registered mvimpute model (`models:/name@alias`, `models:/name/3`, `runs:/…/model`)."""
-        from . import tracking  # the registry lives behind tracking.py, the one module that imports mlflow
+        from . import registry
 
-        path, info = tracking.fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
+        path, info = registry.fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
         return cls.from_checkpoint(path, device=device, info=info)
 
     @classmethod

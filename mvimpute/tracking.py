@@ -1,13 +1,9 @@
-"""MLflow tracking: runs, per-epoch metrics, figures and the model as a registered pyfunc.
+"""MLflow tracking, the logging side: runs, per-epoch metrics, figures and the model as a registered pyfunc.
 
-The only module that imports mlflow. The tracking URI is `MLFLOW_TRACKING_URI` when set, else
-the embedded default `sqlite:///mlflow.db` — MLflow 3's own default, so a plain `mlflow` command
-or `mlflow.pyfunc.load_model("models:/…")` in the same folder finds the same runs and models —
-with artifacts under `./mlartifacts`; it is set when a run starts, never at import. A registered
-model's newest version gets the alias `champion` (`models:/mvimpute-jpvae@champion`), which
-serving loads. The logged model is an `mlflow.pyfunc` model wrapping the
-self-describing checkpoint: input a wide DataFrame with `view:column` columns (NaN = missing),
-output the same frame with missing entries imputed (`MultiViewImputer.transform`).
+Runs go to `registry.resolve_tracking_uri()`'s store (artifacts under `./mlartifacts` for the embedded
+SQLite one), set when a run starts, never at import. A registered model's newest version gets the
+alias `champion`, which serving loads. The logged model wraps the self-describing checkpoint and
+ships only `MODEL_CODE` of the package. The registry side (aliases, checkpoints) is `registry.py`.
 """
 
 from __future__ import annotations
@@ -30,8 +26,16 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's default: a plain `mlflow` here finds it
-CHAMPION = "champion"
+from .registry import (  # registry names, importable from here as before
+    CHAMPION,
+    DEFAULT_TRACKING_URI,
+    fetch_checkpoint,
+    load_pyfunc,
+    model_version,
+    resolve_tracking_uri,
+    set_alias,
+)
+
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 _REQUIREMENTS = (
     "torch",
@@ -46,16 +50,6 @@ _REQUIREMENTS = (
     "pydantic",
     "mlflow",
 )
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`uri`, else `MLFLOW_TRACKING_URI`, else the embedded SQLite store; relative SQLite paths made absolute
-    (Ray workers run in other directories)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 @dataclass
@@ -156,17 +150,23 @@ def pinned_requirements() -> list[str]:
 
 
 PYFUNC_PARAMS = {"n_samples": 100, "return": ["mean"], "level": 0.9}
-# what a logged model needs of the package: everything but the command line, the evaluation grid,
-# the Ray Train runner, the figures and the benchmarks (which would otherwise ship inside every model)
-_NOT_IN_MODEL = (
-    "benchmarks.py",
-    "cli.py",
-    "cli_serving.py",
-    "evaluation.py",
-    "distributed.py",
-    "plots.py",
-    "ray_data.py",
-    "pyfunc_model.py",  # MLflow keeps the model file itself beside the code
+# what a logged model needs of the package to load and predict (paths under mvimpute/): the import
+# closure of pyfunc_model.py (MLflow keeps that file itself beside the code) and of the predictor
+MODEL_CODE = (
+    "__init__.py",
+    "batch.py",
+    "checkpoint.py",
+    "config.py",
+    "imputer.py",
+    "likelihoods.py",
+    "masking.py",
+    "names.py",
+    "predictor.py",
+    "registry.py",
+    "tracking.py",
+    "training.py",
+    "data",
+    "models",
 )
 
 
@@ -202,13 +202,14 @@ def set_pyfunc_model() -> None:
 
 
 def _model_code(tmp: Path) -> Path:
-    """A copy of the package holding only what a logged model needs."""
-    code = tmp / "mvimpute"
-    shutil.copytree(
-        Path(__file__).resolve().parent,
-        code,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *_NOT_IN_MODEL),
-    )
+    """A copy of the package holding only what a logged model needs (`MODEL_CODE`)."""
+    src, code = Path(__file__).resolve().parent, tmp / "mvimpute"
+    code.mkdir(parents=True)
+    for name in MODEL_CODE:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, code / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src / name, code / name)
     return code
 
 
@@ -253,58 +254,6 @@ def log_model(
     if registered_model_name and info.registered_model_version is not None:
         return f"models:/{registered_model_name}/{info.registered_model_version}"
     return info.model_uri
-
-
-def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
-    """Load a logged or registered model (`models:/name/version`) as an `mlflow.pyfunc` model."""
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    return mlflow.pyfunc.load_model(model_uri)
-
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
-
-
-def model_version(model_uri: str, tracking_uri: str | None = None) -> dict:
-    """Where `models:/name@alias` or `models:/name/version` points now: name, version, alias, run_id
-    (a cheap registry call, for noticing that an alias moved); other URIs are returned as they are."""
-    m = _MODELS_URI.match(model_uri)
-    if not m:
-        return {"model_uri": model_uri}
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    name, alias, version = m["name"], m["alias"], m["version"]
-    if alias:
-        mv = client.get_model_version_by_alias(name, alias)
-    elif version and version.isdigit():
-        mv = client.get_model_version(name, version)
-    else:  # models:/name/Production style stages, or just the name: the latest version
-        mv = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-    return {"model_uri": model_uri, "name": name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id}
-
-
-def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None):
-    """Download a logged mvimpute model's checkpoint (not its code): (local checkpoint path, where it came from).
-
-    A `models:/name@alias` URI is pinned to the version the alias names now, so the checkpoint and
-    the reported version agree even if the alias moves during the download."""
-    uri = resolve_tracking_uri(tracking_uri)
-    info = model_version(model_uri, uri)
-    client = MlflowClient(uri)
-    if "version" in info:
-        source = client.get_model_version_download_uri(info["name"], info["version"]).rstrip("/") + "/artifacts"
-    else:
-        source = model_uri.rstrip("/") + "/artifacts"
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="mvimpute-model-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri))
-    found = sorted(local.rglob("*.pt"))
-    if not found:
-        raise ValueError(f"{model_uri!r} is not an mvimpute model: no checkpoint among its artifacts")
-    return found[0], info
-
-
-def set_alias(model_uri: str, alias: str, tracking_uri: str | None = None) -> None:
-    """Point `alias` of a registered model at the version `models:/name/version` names."""
-    info = model_version(model_uri, tracking_uri)
-    MlflowClient(resolve_tracking_uri(tracking_uri)).set_registered_model_alias(info["name"], alias, info["version"])
 
 
 def log_figure(run: RunRef, fig, artifact_file: str) -> None:
@@ -461,6 +410,7 @@ __all__ = [
     "log_sweep_outputs",
     "run_ref",
     "DEFAULT_TRACKING_URI",
+    "MODEL_CODE",
     "MultiViewPyfunc",
     "RunRef",
     "end_run",
@@ -472,6 +422,7 @@ __all__ = [
     "log_model",
     "log_training_outputs",
     "fetch_checkpoint",
+    "load_pyfunc",
     "metric_key",
     "model_version",
     "pinned_requirements",

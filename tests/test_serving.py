@@ -15,7 +15,7 @@ import pytest
 from test_platform import _free_port, mlflow_process, mlflow_server  # noqa: F401  (the same server fixtures)
 
 import mvimpute as mvi
-from mvimpute import tracking
+from mvimpute import registry, tracking
 from mvimpute.predictor import Predictor
 
 MODEL = "serve-test-jpvae"
@@ -48,7 +48,7 @@ def registered(mlflow_server, trained):  # noqa: F811
     run = tracking.start_run("serve-test", "serve-test", tracking_uri=mlflow_server)
     uri = tracking.log_model(run, trained[0], registered_model_name=MODEL)
     tracking.end_run(run)
-    tracking.set_alias(uri, "champion", mlflow_server)
+    registry.set_alias(uri, "champion", mlflow_server)
     return uri
 
 
@@ -273,7 +273,7 @@ def test_schemathesis_finds_no_server_error(endpoint, digits):
 def test_pyfunc_takes_params_and_ships_no_benchmark_code(mlflow_server, registered, digits):  # noqa: F811
     from mlflow.tracking import MlflowClient
 
-    model = tracking.load_pyfunc(f"models:/{MODEL}@champion", mlflow_server)
+    model = registry.load_pyfunc(f"models:/{MODEL}@champion", mlflow_server)
     frame = mvi.masking.hide_view(digits, "bottom").data.to_frame()
     point = model.predict(frame)
     assert list(point.columns) == list(frame.columns) and not point.isna().any().any()
@@ -292,7 +292,7 @@ def test_pyfunc_takes_params_and_ships_no_benchmark_code(mlflow_server, register
     # the logged code is the package without the benchmarks, the CLI or the Ray Train runner
     client = MlflowClient(mlflow_server)
     mv = client.get_model_version(MODEL, "1")
-    local = tracking.fetch_checkpoint(f"models:/{MODEL}/1", mlflow_server)[0]
+    local = registry.fetch_checkpoint(f"models:/{MODEL}/1", mlflow_server)[0]
     assert local.name == "model0.pt" and Predictor.from_checkpoint(local, device="cpu").view_names == ["top", "bottom"]
     import mlflow
 
@@ -313,7 +313,7 @@ def test_moving_the_alias_reloads_the_endpoint(endpoint, mlflow_server, trained,
     tracking.end_run(run)
     assert uri.endswith("/2")
     before = call(endpoint, "/impute", valid_body(digits))[1]["predictions"][0]["mean"]["bottom"]
-    tracking.set_alias(uri, "champion", mlflow_server)
+    registry.set_alias(uri, "champion", mlflow_server)
     deadline = time.time() + 60
     while time.time() < deadline and call(endpoint, "/healthz")[1]["model_version"] != "2":
         time.sleep(0.5)

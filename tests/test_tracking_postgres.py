@@ -242,7 +242,7 @@ def test_model_registered_as_champion_through_the_cluster_tracking_server(stack,
     import psycopg
 
     import mvimpute as mvi
-    from mvimpute import tracking
+    from mvimpute import registry, tracking
 
     m, ports, _ = stack
     ray_env = m.env(m.ray_container())
@@ -270,7 +270,7 @@ def test_model_registered_as_champion_through_the_cluster_tracking_server(stack,
 
     test = mvi.masking.corrupt(data.subset(np.arange(400, 460)), mcar_rate=0.3, seed=1).data
     frame = test.to_frame()
-    served = tracking.load_pyfunc(model_uri).predict(frame)[list(frame.columns)].to_numpy()
+    served = registry.load_pyfunc(model_uri).predict(frame)[list(frame.columns)].to_numpy()
     expected = imp.transform(frame)[list(frame.columns)].to_numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-6, atol=1e-6)
     observed = ~np.isnan(frame.to_numpy())
