@@ -215,7 +215,6 @@ class Predictor:
     def metadata(self) -> dict:
         """Model name and origin, views with widths, columns and likelihoods, and the calibration if any."""
         imp = self.imputer
-        calibration = getattr(imp, "calibration_", None)
         return {
             **{k: v for k, v in self.info.items() if k != "checkpoint"},
             "model": imp.model_name,
@@ -224,8 +223,16 @@ class Predictor:
                 v: {"width": len(cs), "likelihood": self.schema.likelihoods[v], "columns": list(cs)}
                 for v, cs in self.schema.columns.items()
             },
-            "calibration": _jsonable(calibration) if calibration is not None else None,
+            "calibration": self.calibration(),
         }
+
+    def calibration(self) -> dict | None:
+        """The model's split-conformal calibration (`ConformalCalibration.summary`) and the draws it was
+        fitted with (intervals hold their level for that `n_samples`); None for a model without one."""
+        calibration = getattr(self.imputer.model_, "calibration", None)
+        if calibration is None:
+            return None
+        return {"n_samples": self.imputer.train_config.calibration_samples, **calibration.summary()}
 
     # -- input checks
     def check_instances(self, instances: Sequence[Mapping], ids: Sequence | None = None) -> MultiViewData:
@@ -347,18 +354,6 @@ class Predictor:
         if ids is not None:
             out.insert(0, id_column, ids)
         return out
-
-
-def _jsonable(x):
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 __all__ = [

@@ -134,3 +134,33 @@ def test_metadata_describes_the_model(predictor):
         v: {"width": 32, "likelihood": "bounded", "columns": predictor.schema.columns[v]} for v in ("top", "bottom")
     }
     assert "calibration" in meta and pd.isna(meta.get("version", np.nan))
+
+
+def test_metadata_reports_the_models_calibration(predictor):
+    import json
+
+    from mvimpute.models.calibration import KINDS, LEVELS
+
+    cal = predictor.imputer.model_.calibration
+    meta = predictor.metadata()["calibration"]
+    json.dumps(meta, allow_nan=False)  # what /metadata sends: no ±Inf
+    assert meta["fitted"] is True and bool(cal.fitted)
+    assert meta["n_samples"] == predictor.imputer.train_config.calibration_samples
+    assert meta["levels"] == list(LEVELS) and meta["sample_level"] == 0.9
+    assert all(meta["views"][v]["calibrated"] for v in ("top", "bottom"))
+    for i, v in enumerate(cal.views):
+        for k, kind in enumerate(KINDS):
+            got = meta["views"][v]["kinds"][kind]
+            assert got["n_entries"] == int(cal.n_entries[i, k]) > 0
+            assert got["delta"] == pytest.approx(float(cal.delta[i, k]))
+            stretch = [np.inf if t is None else t for t in got["stretch"]]
+            np.testing.assert_allclose(stretch, cal.stretch[i, k].numpy(), rtol=1e-6)
+    assert cal.stretch.ne(1).any()  # a fitted stretch, not the unfitted ones
+
+
+def test_metadata_says_when_a_model_is_not_calibrated():
+    data = mvi.load_dataset("digits-halves").subset(np.arange(200))
+    imp = mvi.MultiViewImputer("jpvae", epochs=1, hidden=[16], latent_dim=3, calibrate=False, device="cpu")
+    meta = Predictor(imp.fit(data)).metadata()["calibration"]
+    assert meta["fitted"] is False
+    assert meta["views"] == {v: {"likelihood": "bounded", "calibrated": False} for v in ("top", "bottom")}

@@ -133,6 +133,25 @@ class ConformalCalibration(nn.Module):
     def calibrates(self, view: str) -> bool:
         return self.likelihoods[self.views.index(view)] not in BINARY_LIKELIHOODS
 
+    def summary(self) -> dict:
+        """Plain data: whether fitted, the level grid, and per view whether its draws are calibrated
+        and, per kind, the calibration entries, the floor δ (scaled space) and t̂ per level (None: +∞)."""
+        fitted = bool(self.fitted)
+        views = {}
+        for i, v in enumerate(self.views):
+            calibrated = fitted and self.calibrates(v) and int(self.n_entries[i].sum()) > 0
+            views[v] = {"likelihood": self.likelihoods[i], "calibrated": calibrated}
+            if calibrated:
+                views[v]["kinds"] = {
+                    kind: {
+                        "n_entries": int(self.n_entries[i, k]),
+                        "delta": float(self.delta[i, k]),
+                        "stretch": [t if math.isfinite(t) else None for t in self.stretch[i, k].tolist()],
+                    }
+                    for k, kind in enumerate(KINDS)
+                }
+        return {"fitted": fitted, "levels": list(LEVELS), "sample_level": SAMPLE_LEVEL, "views": views}
+
     @staticmethod
     def _kind_masks(hidden: torch.Tensor, view_missing: torch.Tensor) -> list[torch.Tensor]:
         whole = view_missing.bool()[:, None].expand_as(hidden)
