@@ -191,7 +191,7 @@ JOBS = {
     "tune": (
         [
             "python", app("jobs/tune.py"),
-            "--config", app("tune_spaces/jpvae.yaml"),
+            "--space", app("tune_spaces/jpvae.yaml"),
             "--data", "digits-halves",
             f"cluster.storage_path={STORAGE}",
             "cluster.wait_for_resources=true",
