@@ -481,7 +481,7 @@ def _ray_run(spec_path: Path, model: str, train: dict, storage: Path) -> dict:
     """`train_distributed` (1 worker, Ray Data streaming from the spec): start-up included in the wall time."""
     import ray
 
-    from mvimpute.distributed import train_distributed
+    from mvimpute.engine.runner import train_distributed
 
     t0 = time.perf_counter()
     started = not ray.is_initialized()
@@ -685,7 +685,7 @@ def _memory_child(spec: str, model: str, train: dict, storage: str, out_json: st
     """One training run in a fresh process (Ray started here, so the whole cluster is this process's tree)."""
     import ray
 
-    from mvimpute.distributed import train_distributed
+    from mvimpute.engine.runner import train_distributed
 
     t0 = time.perf_counter()
     ray.init()
@@ -795,7 +795,8 @@ def tae_sweep(
     `seeds` (`tae_vs_baselines`: test evaluation ELBO, PSNR, CRPS, 90 % coverage, the condition)."""
     import tempfile
 
-    from mvimpute.sweep import default_space, tune_main
+    from mvimpute.engine.search import default_space
+    from mvimpute.jobs.tune import tune_main
 
     _, _, train_c, _ = noisy_digits(rate, 0, noise_std, data)
     out = Path(out_dir)
@@ -879,7 +880,7 @@ def tune_trial_cost(
     import yaml
 
     from mvimpute.console import ray_init_kwargs
-    from mvimpute.sweep import tune_main
+    from mvimpute.jobs.tune import tune_main
 
     torch.set_num_threads(threads)
     params = dict(prior="orthogonal", latent_dim=8, hidden=[128], kl_cycles=0)

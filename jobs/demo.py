@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 
 import mvimpute as mvi
 from mvimpute import console, registry
-from mvimpute.distributed import train_main
+from mvimpute.jobs.train import train_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,11 +63,7 @@ def serve_and_impute(model_uri: str, sample, port: int) -> None:
     import ray
     from ray import serve
 
-    try:
-        from serve.app import build_app
-    except ImportError:  # an install from before serve/ was a package: the repository root has it
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from serve.app import build_app
+    from mvimpute.endpoint import build_app
 
     tracking_uri = registry.resolve_tracking_uri()
     name = registry.model_version(model_uri, tracking_uri)["name"]

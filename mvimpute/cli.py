@@ -33,6 +33,23 @@ from typing import Annotated
 
 import typer
 
+from . import cli_tune
+from .cli_options import (
+    DATA_HELP,
+    CheckpointOpt,
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ModelOpt,
+    Overrides,
+    ParamOpt,
+    SeedOpt,
+    VerboseOpt,
+    epilog,
+    job_items,
+    load_job,
+)
 from .cli_serving import impute, serve_command  # light at import: heavy modules load in the commands
 from .names import DATASET_NAMES, MODEL_NAMES
 
@@ -46,90 +63,11 @@ app = typer.Typer(
     context_settings={"max_content_width": 80, "help_option_names": ["-h", "--help"]},
 )
 
-DATA_HELP = f"Embedded data set ({', '.join(DATASET_NAMES)}) or a dataset spec YAML."
-MODEL_HELP = f"Model: {' | '.join(MODEL_NAMES)}."
-
 
 class Mechanism(str, Enum):
     view = "view"
     mcar = "mcar"
     mar = "mar"
-
-
-# ----------------------------------------------------------------------------- shared options
-
-Overrides = Annotated[
-    list[str] | None,
-    typer.Argument(help="Config overrides KEY.PATH=VALUE (YAML values); keys below.", show_default=False),
-]
-ConfigOpt = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Job config YAML.")]
-DataOpt = Annotated[str | None, typer.Option("--data", "--dataset", help=DATA_HELP, show_default="digits-halves")]
-ModelOpt = Annotated[str | None, typer.Option(help=MODEL_HELP, show_default="jpvae")]
-EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default="100")]
-SeedOpt = Annotated[int | None, typer.Option(help="Training seed.", show_default="0")]
-ParamOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--param", "-p", help="Model option KEY=VALUE, e.g. -p latent_dim=10 (see `models`).", show_default=False
-    ),
-]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and MLflow's own logs.")]
-CheckpointOpt = Annotated[
-    Path,
-    typer.Option("--checkpoint", "--model-path", exists=True, help="A checkpoint from `fit` or `train`."),
-]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...", show_default="auto")]
-
-
-def _epilog() -> str:
-    from .config import config_help
-
-    # click rewraps epilog paragraphs; \b keeps this block's lines as they are
-    return "Config keys and their defaults:\n\n\b\n" + config_help(76)
-
-
-def _job_items(
-    overrides: list[str] | None,
-    *,
-    data: str | None = None,
-    model: str | None = None,
-    epochs: int | None = None,
-    seed: int | None = None,
-    params: list[str] | None = None,
-    extra: dict | None = None,
-) -> list[str]:
-    """Flags and `-p` model options as `key.path=value` overrides, after the positional ones."""
-    import yaml
-
-    items = list(overrides or [])
-    flags = {"data": data, "model": model, "train.epochs": epochs, "train.seed": seed, **(extra or {})}
-    from .config import TrainConfig
-
-    train_keys = {f.name for f in fields(TrainConfig)} - {"progress"}
-    own = {"epochs": "--epochs", "seed": "--seed", "device": "--device"}
-    for item in params or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--param")
-        if key in own:
-            raise typer.BadParameter(f"{key!r} has its own option: use {own[key]}", param_hint="--param")
-        section = "train" if key in train_keys else "model_params"  # as MultiViewImputer(**params) splits them
-        items.append(f"{section}.{key}={value}")
-    for key, value in flags.items():
-        if value is not None:
-            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-            items.append(f"{key}={text}")
-    return items
-
-
-def _load_job(config: Path | None, items: list[str]):
-    from .config import load_job_config
-
-    try:
-        return load_job_config(config, items)
-    except ValueError as err:
-        raise typer.BadParameter(str(err).removeprefix("config: "), param_hint="--param or config") from None
 
 
 def load_data(name_or_spec: str):
@@ -218,7 +156,7 @@ def datasets() -> None:
 @app.command()
 def models() -> None:
     """List the models with their options (-p KEY=VALUE, model_params.KEY) and defaults."""
-    from dataclasses import MISSING, fields
+    from dataclasses import MISSING
 
     from .models import MODEL_REGISTRY
 
@@ -231,7 +169,7 @@ def models() -> None:
             typer.echo(f"  {f.name}={default}")
 
 
-@app.command(epilog=_epilog())
+@app.command(epilog=epilog())
 def fit(
     overrides: Overrides = None,
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint (.pt).", dir_okay=False)] = Path("model.pt"),
@@ -255,7 +193,7 @@ def fit(
     from . import console
 
     console.configure(verbose)
-    job = _load_job(config, _job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param))
+    job = load_job(config, job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param))
     frame = load_data(job.data)
     train_part = frame.split(test_frac, split_seed)[0] if test_frac > 0 else frame
     show_bar = console.is_tty() if progress is None else progress
@@ -271,7 +209,7 @@ def fit(
         )
     except (ValueError, TypeError) as err:
         raise typer.BadParameter(str(err), param_hint="--param") from None
-    from .distributed import epoch_line
+    from .engine.callbacks import epoch_line
 
     def on_epoch(epoch: int, metrics: dict, improved: bool) -> None:
         if not show_bar:
@@ -367,7 +305,7 @@ app.command()(impute)
 app.command("serve")(serve_command)
 
 
-@app.command(epilog=_epilog())
+@app.command(epilog=epilog())
 def train(
     overrides: Overrides = None,
     config: ConfigOpt = None,
@@ -410,17 +348,19 @@ def train(
         "mlflow.registered_model_name": registered_model_name,
         "mlflow.enabled": False if no_tracking else None,
     }
-    items = _job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
-    job = _load_job(config, items)
+    items = job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
+    job = load_job(config, items)
     if print_config:
         import yaml
 
-        typer.echo(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False).rstrip())
+        typer.echo(yaml.safe_dump(job.resolved(), sort_keys=False).rstrip())
         return
-    from .distributed import ResourceRequestError, RunInterrupted, train_main
+    from .engine.resources import ResourceRequestError
+    from .engine.runner import RunInterrupted
+    from .jobs.train import run_job
 
     try:
-        train_main(job.model_dump(mode="json"), echo=True)
+        run_job(job, echo=True)
     except ResourceRequestError as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -514,7 +454,7 @@ def evaluate(
         typer.echo(f"MLflow run {result.run_id} at {result.tracking_uri}")
 
 
-from . import cli_tune  # noqa: E402, F401  (registers `tune`; torch-free like this module)
+app.command(epilog=cli_tune.epilog())(cli_tune.tune)
 
 
 def command(name: str):

@@ -1,7 +1,7 @@
 """`mvimpute tune`: a hyper-parameter sweep with Ray Tune whose best trial becomes `champion`.
 
-Registered on the `mvimpute` app by `mvimpute.cli`; like the other commands it loads Ray, torch
-and MLflow only inside its body, so that `mvimpute --help` stays fast.
+Registered on the `mvimpute` app by `mvimpute.cli`; it loads Ray, torch and MLflow only inside
+its body, so that `mvimpute --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import (
+from .cli_options import (
     ConfigOpt,
     DataOpt,
     EpochsOpt,
@@ -20,12 +20,11 @@ from .cli import (
     ParamOpt,
     SeedOpt,
     VerboseOpt,
-    _job_items,
-    app,
+    job_items,
 )
 
 
-def _epilog() -> str:
+def epilog() -> str:
     from .config import TuneJobConfig, config_help
 
     return "Config keys and their defaults:\n\n\b\n" + config_help(76, TuneJobConfig)
@@ -36,7 +35,6 @@ class _Choice:
     scheduler = ("asha", "fifo")
 
 
-@app.command(epilog=_epilog())
 def tune(
     overrides: Overrides = None,
     config: ConfigOpt = None,
@@ -83,9 +81,9 @@ def tune(
             raise typer.BadParameter(f"{value!r}: choose one of {list(allowed)}", param_hint=option)
     console.configure(verbose)
     extra = {"cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
-    items = _job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
-    from .distributed import ResourceRequestError
-    from .sweep import tune_main
+    items = job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
+    from .engine.resources import ResourceRequestError
+    from .jobs.tune import tune_main
 
     try:
         tune_main(

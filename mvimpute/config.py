@@ -164,8 +164,12 @@ class TrainJobConfig(BaseModel):
         from .models.base import config_from_kwargs
 
         config_from_kwargs(MODEL_REGISTRY[self.model].config_class, self.model_params, self.model)
-        self.train = asdict(train_config({"progress": False, **self.train}))
+        train_config(self.train)  # checked; kept as given, so data-size defaults still apply to the rest
         return self
+
+    def resolved(self) -> dict:
+        """The config with every train key filled in (what `--print-config` shows)."""
+        return {**self.model_dump(mode="json"), "train": asdict(train_config({"progress": False, **self.train}))}
 
     @property
     def registered_model_name(self) -> str:
@@ -207,6 +211,16 @@ def parse_override(item: str) -> tuple[list[str], object]:
     except yaml.YAMLError as err:
         raise ValueError(f"override {item!r}: cannot parse {value!r} as YAML ({err})") from None
     return key.split("."), parsed
+
+
+def flag_overrides(flags: Mapping[str, object]) -> list[str]:
+    """Command-line flags as `key.path=value` overrides (values written as YAML), None ones left out."""
+    items = []
+    for key, value in flags.items():
+        if value is not None:
+            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            items.append(f"{key}={text}")
+    return items
 
 
 def load_job_config(
@@ -284,7 +298,7 @@ def config_help(width: int = 78, kind: type[BaseModel] = TrainJobConfig) -> str:
 
 def default_config_yaml() -> str:
     """The resolved default job config as YAML (what `--print-config` shows with no overrides)."""
-    return yaml.safe_dump(TrainJobConfig().model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(TrainJobConfig().resolved(), sort_keys=False)
 
 
 __all__ = [
@@ -297,6 +311,7 @@ __all__ = [
     "TuneSection",
     "config_help",
     "config_keys",
+    "flag_overrides",
     "load_job_config",
     "parse_override",
     "train_config",

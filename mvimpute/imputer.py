@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,8 @@ import torch
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
-from .models import MODEL_REGISTRY, build_model
+from .models import MODEL_REGISTRY
 from .models.base import config_from_kwargs
-from .models.defaults import size_defaults
 from .training import (
     AFTER_FIT_ROWS,
     TrainConfig,
@@ -24,6 +23,7 @@ from .training import (
     holdout_rows,
     make_validation_set,
     resolve_device,
+    settings_for,
     shuffled_batches,
     steps_per_epoch,
 )
@@ -88,9 +88,11 @@ class MultiViewImputer:
         data.check_no_empty_rows()
         for v, a in data.views.items():  # before the split: a huge value in the validation rows overflows too
             check_magnitude(v, a, data.columns[v])
-        model_params, train_params = size_defaults(self.model_name, data.n_samples, self.given_params_)
-        cfg = replace(self.train_config, **train_params)
-        self.train_config, self.model_params = cfg, {**self.model_params, **model_params}
+        # the one setup of both runners (the Ray Train runner applies the same data-size defaults)
+        model_config, cfg = settings_for(
+            self.model_name, self.model_params, self.train_config, data.n_samples, self.given_params_
+        )
+        self.train_config, self.model_params = cfg, asdict(model_config)
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
         if validation is None and cfg.val_frac > 0 and data.n_samples >= 20:
@@ -101,7 +103,7 @@ class MultiViewImputer:
             train, val = data, (as_multiview(validation) if validation is not None else None)
         self.validation_index_ = None if val is None else np.asarray(val.index)
         self.schema_ = ViewSchema.fit(train, self.scalings)
-        self.model_ = build_model(self.model_name, view_infos(self.schema_), **self.model_params).to(device)
+        self.model_ = MODEL_REGISTRY[self.model_name](view_infos(self.schema_), model_config).to(device)
         train_batch = self.schema_.to_batch(train)
         val_set = None
         if val is not None:

@@ -11,7 +11,8 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import scoringrules as sr
@@ -20,9 +21,10 @@ from tqdm.auto import tqdm
 
 from . import masking
 from .batch import MultiViewBatch
-from .config import VAL_SCORES, TrainConfig  # noqa: F401  (VAL_SCORES: re-exported)
+from .config import VAL_SCORES, TrainConfig, train_config  # noqa: F401  (VAL_SCORES: re-exported)
 from .data.multiview import MultiViewData
-from .models.base import ImputationModel, row_chunks
+from .models.base import MODEL_REGISTRY, ImputationModel, config_from_kwargs, row_chunks
+from .models.defaults import size_defaults
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -344,3 +346,27 @@ def steps_per_epoch(n_train: int, batch_size: int, num_workers: int = 1) -> int:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's shuffle (both runners)."""
     return seed * 100_003 + epoch
+
+
+def settings_for(
+    model: str,
+    model_params: Mapping | None,
+    train: TrainConfig | Mapping | None,
+    n_samples: int | None = None,
+    given: frozenset[str] | set[str] | None = None,
+) -> tuple[Any, TrainConfig]:
+    """(model config, `TrainConfig`) for `model` on a data set of `n_samples` (before any split):
+    the data-size defaults for keys not in `given` (default: the keys of `model_params` and of a
+    mapping `train`), then the model config built — the one place it is. Unknown models or keys
+    are `ValueError`s naming them."""
+    if model not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
+    model_params = dict(model_params or {})
+    if given is None:
+        given = set(model_params) | (set(train) if isinstance(train, Mapping) else set())
+    cfg = train_config({"progress": False, **train} if isinstance(train, Mapping) else train)
+    if n_samples is not None:
+        extra_model, extra_train = size_defaults(model, n_samples, frozenset(given))
+        model_params = {**model_params, **extra_model}
+        cfg = replace(cfg, **extra_train)
+    return config_from_kwargs(MODEL_REGISTRY[model].config_class, model_params, model), cfg

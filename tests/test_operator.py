@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import mvimpute as mvi
 from mvimpute.cli import app
 from mvimpute.config import TrainConfig, load_job_config
-from mvimpute.distributed import ResourceRequestError, plan_worker_resources
+from mvimpute.engine.resources import ResourceRequestError, plan_worker_resources
 from mvimpute.names import DATASET_NAMES, MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]

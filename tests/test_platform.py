@@ -26,7 +26,10 @@ from mvimpute.baselines import mean_imputer
 from mvimpute.data.multiview import MultiViewData, ViewSchema
 from mvimpute.data.ray_data import read_dataset, read_spec
 from mvimpute.data.spec import validate_spec
-from mvimpute.distributed import FAULT_ENV, build_validation_set, train_distributed, train_main
+from mvimpute.engine.prepare import build_validation_set
+from mvimpute.engine.runner import train_distributed
+from mvimpute.engine.worker import FAULT_ENV
+from mvimpute.jobs.train import train_main
 from mvimpute.training import TrainConfig, validation_score
 
 # conditional="prior": the imputer rebuilt from the checkpoint scores exactly what the workers reported

@@ -53,7 +53,7 @@ def test_streamed_scaling_moments_match_numpy_on_the_whole_table(ray_session):
 
 
 def test_fit_and_the_ray_train_runner_hold_out_the_same_validation_samples(ray_session):
-    from mvimpute.distributed import build_validation_set, prepare_data
+    from mvimpute.engine.prepare import build_validation_set, prepare_data
 
     data = mvi.load_dataset("digits-halves")
     train = dict(epochs=1, batch_size=64, val_frac=0.15, seed=3, progress=False)
@@ -87,7 +87,7 @@ def test_fit_and_the_ray_train_runner_hold_out_the_same_validation_samples(ray_s
 
 @pytest.mark.parametrize("model", ["tae", "jpvae", "mvae", "miwae"])
 def test_shipped_search_spaces_load(model):
-    from mvimpute.sweep import load_space
+    from mvimpute.engine.search import load_space
 
     space = load_space(ROOT / "tune_spaces" / f"{model}.yaml", model)
     assert "train.lr" in space.swept()
@@ -115,7 +115,7 @@ def test_shipped_search_spaces_load(model):
     ],
 )
 def test_a_malformed_search_space_is_rejected_naming_the_key(tmp_path, body, culprit):
-    from mvimpute.sweep import load_space
+    from mvimpute.engine.search import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(body))
@@ -136,8 +136,8 @@ def test_the_tune_command_rejects_a_malformed_space_before_any_trial(tmp_path):
 
 
 def test_sweep_resources_leave_a_cpu_to_ray_data():
-    from mvimpute.distributed import ResourceRequestError
-    from mvimpute.sweep import plan_sweep_resources
+    from mvimpute.engine.resources import ResourceRequestError
+    from mvimpute.engine.resources import plan_sweep_resources
 
     trial, worker, c = plan_sweep_resources(1, None, 4, {"CPU": 2.0})
     assert c == 1 and 2.0 - c * (trial["CPU"] + worker["CPU"]) >= 1.0
@@ -179,7 +179,7 @@ def _jpvae_sweep_config(root: Path, name: str) -> tuple[dict, str]:
 @pytest.fixture(scope="module")
 def jpvae_sweep(ray_session, tmp_path_factory):
     """The 4-trial JPVAE sweep, each trial a Ray Train run (the runner of DDP trials)."""
-    from mvimpute.sweep import tune_main
+    from mvimpute.jobs.tune import tune_main
 
     config, uri = _jpvae_sweep_config(tmp_path_factory.mktemp("jpvae-sweep"), "jp")
     return tune_main(config, ["tune.runner=train"], tracking_uri=uri, echo=False), uri
@@ -221,7 +221,7 @@ def test_jpvae_sweep_asha_stops_the_bad_region_and_champion_is_the_best_trial(jp
     assert {"sweep/results.csv", "sweep/scores.png"} <= parent_files
 
     # the champion's checkpoint scores what its trial reported, on the sweep's validation split
-    from mvimpute.distributed import build_validation_set, prepare_data
+    from mvimpute.engine.prepare import build_validation_set, prepare_data
 
     imp = mvi.MultiViewImputer.load(best["checkpoint"])
     cfg = imp.train_config
@@ -234,7 +234,7 @@ def test_jpvae_sweep_asha_stops_the_bad_region_and_champion_is_the_best_trial(jp
 def local_jpvae_sweep(ray_session, tmp_path_factory, jpvae_sweep):
     """The JPVAE sweep again with the default runner: one worker per trial, so each trial trains in its
     own process (`tune.runner=local`)."""
-    from mvimpute.sweep import tune_main
+    from mvimpute.jobs.tune import tune_main
 
     out, _ = jpvae_sweep
     config, uri = _jpvae_sweep_config(tmp_path_factory.mktemp("jpvae-local-sweep"), "jpl")
@@ -267,7 +267,7 @@ def test_a_local_runner_sweep_scores_what_ray_train_trials_score_and_registers_i
 
 
 def test_a_local_runner_sweep_refuses_several_workers_before_ray_starts(tmp_path):
-    from mvimpute.sweep import tune_main
+    from mvimpute.jobs.tune import tune_main
 
     with pytest.raises(ValueError, match="num_workers must be 1"):
         tune_main({"data": "digits-halves", "model": "jpvae", "cluster": {"num_workers": 2}}, ["tune.runner=local"])
@@ -279,7 +279,8 @@ def tae_sweep(ray_session, tmp_path_factory):
     (an interrupted trial), and the sweep is resumed: only that trial runs again."""
     import os
 
-    from mvimpute.sweep import FAULT_ENV, tune_main
+    from mvimpute.engine.search import FAULT_ENV
+    from mvimpute.jobs.tune import tune_main
 
     root = tmp_path_factory.mktemp("tae-sweep")
     space = _space(

@@ -1,0 +1,275 @@
+"""One worker's training run: the in-process `TrainingLoop`, fed from the worker's Ray Data shard,
+reporting each epoch and a self-describing checkpoint every `checkpoint_every` epochs to Ray.
+
+The same loop runs under Ray Train (`RayTrainEnv`, DDP over the workers) and inside a Tune trial's
+own process (`TuneTrialEnv`). It gets the run's `RunRequest` unchanged and a `WorkerPlan` of what
+preparation found; tracking reaches it only as callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..batch import MultiViewBatch
+from ..checkpoint import CHECKPOINT_FILE, checkpoint_dict, read_checkpoint, view_infos
+from ..data.multiview import ViewSchema
+from ..data.ray_data import batch_from_tensors
+from ..training import AFTER_FIT_ROWS, TrainingLoop, epoch_seed, shuffled_chunk_batches
+from .callbacks import RunCallback
+from .prepare import validation_set_from_batches
+from .request import RunRequest
+
+FAULT_ENV = "MVIMPUTE_FAULT_INJECT"  # "epoch:rank:marker-file" — a test hook: that worker fails once, after that epoch
+SHUFFLE_CHUNK_ROWS = 4096  # rows a worker takes from Ray Data at once and shuffles into mini-batches
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What preparation found, for the workers: the schema, the split's sizes, where the data came from."""
+
+    run_name: str
+    schema: dict  # ViewSchema.state()
+    n_train: int
+    steps_per_epoch: int
+    has_validation: bool
+    imputer: dict  # per-view likelihoods and scalings, kept in the checkpoint
+    source: dict
+    report_placement_group: bool = False
+    fault: Mapping | None = None
+
+
+def fault_from_env() -> dict | None:
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    try:
+        epoch, rank, marker = raw.split(":", 2)
+        return {"epoch": int(epoch), "rank": int(rank), "marker": marker}
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV} must read 'epoch:rank:marker-file', got {raw!r}") from None
+
+
+def _clean(metrics: Mapping) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | np.floating | np.integer)}
+
+
+def _metric_reducer(world: int, device: torch.device):
+    """Average the training losses over workers, take rank 0's validation scores."""
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    def reduce(metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+        mean = t.clone()
+        dist.all_reduce(mean)
+        mean /= world
+        dist.broadcast(t, src=0)
+        return {k: float(mean[i] if k.startswith("train_") else t[i]) for i, k in enumerate(keys)}
+
+    return reduce
+
+
+class RayTrainEnv:
+    """Where a Ray Train worker's loop gets its rank, device, data and checkpoint, and reports to."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self.train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+
+    def checkpoint(self):
+        return self.train.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP over the workers, on the worker's device
+
+    def dataset(self, name: str):
+        return self.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = self.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.train.report(metrics, checkpoint=ckpt)
+
+
+class TuneTrialEnv:
+    """The same for a Tune trial that runs the loop in its own process (`tune.runner=local`): one
+    process, the prepared datasets read directly, reports and checkpoints through Tune."""
+
+    rank, world = 0, 1
+
+    def __init__(self, datasets: Mapping, use_gpu: bool) -> None:
+        import ray.tune
+
+        self.tune, self.datasets = ray.tune, datasets
+        self.device = torch.device("cuda" if use_gpu else "cpu")  # Tune sets CUDA_VISIBLE_DEVICES per trial
+
+    def checkpoint(self):
+        return self.tune.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def dataset(self, name: str):
+        return self.datasets[name]
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = self.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.tune.report(metrics, checkpoint=ckpt)
+
+
+def ray_train_worker(config: dict) -> None:
+    """Per-worker training function (Ray Train): `config` holds the request, the plan and the callbacks."""
+    env = RayTrainEnv(config["request"].resources.use_gpu)
+    WorkerRun(config["request"], config["plan"], config["callbacks"], env).run()
+
+
+class WorkerRun:
+    """One worker's run: restore, train with `TrainingLoop`, report, checkpoint, and `after_fit`."""
+
+    def __init__(self, request: RunRequest, plan: WorkerPlan, callbacks: Sequence[RunCallback], env) -> None:
+        self.request, self.plan, self.env = request, plan, env
+        self.callbacks = list(callbacks) if env.rank == 0 else []
+        self.cfg = request.train
+        torch.manual_seed(self.cfg.seed)
+        self.schema = ViewSchema.from_state(plan.schema)
+        self.views = self.schema.view_names
+        state = self._restored_state()
+        model = request.build_model(view_infos(self.schema))
+        if state is not None:
+            model.load_state_dict(state["state_dict"])
+        device = env.device
+        self.loop = TrainingLoop(env.prepare_model(model), self.cfg, device, _metric_reducer(env.world, device))
+        if state is not None and state.get("loop") is not None:
+            self.loop.load_state_dict(state["loop"])
+        self.attempts = [*(state or {}).get("attempts", []), self.loop.epoch]
+        self.placement = self._placement() if plan.report_placement_group else {}
+
+    def _restored_state(self) -> dict | None:
+        """This run's own last checkpoint (a restart), else the request's `resume_from`, else none."""
+        ckpt = self.env.checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                return read_checkpoint(d, "cpu")
+        if self.request.storage.resume_from:
+            return read_checkpoint(self.request.storage.resume_from, "cpu", what="resume_from")
+        return None
+
+    @staticmethod
+    def _placement() -> dict:
+        from ray.util import get_current_placement_group
+
+        pg = get_current_placement_group()
+        return {"train_placement_group": pg.id.hex()} if pg is not None else {}
+
+    def _validation_set(self):
+        if not self.plan.has_validation:
+            return None
+        shard = self.env.dataset("val")
+        return validation_set_from_batches(
+            shard.iter_batches(batch_size=4096, batch_format="numpy"), self.views, self.cfg
+        )
+
+    def _batches(self, epoch: int) -> Iterable[MultiViewBatch]:
+        chunks = self.shard.iter_torch_batches(
+            batch_size=max(SHUFFLE_CHUNK_ROWS, 16 * self.cfg.batch_size), device=self.env.device
+        )
+        for b in shuffled_chunk_batches(chunks, self.cfg.batch_size, epoch_seed(self.cfg.seed, epoch)):
+            yield batch_from_tensors(b, self.views)
+
+    def _extra(self, final: bool) -> dict:
+        """What a checkpoint holds beyond the weights: the loop's state, history, attempts and provenance."""
+        return {
+            "loop": self.loop.state_dict(),
+            "history": self.loop.result.history,
+            "attempts": self.attempts,
+            "distributed": {
+                "num_workers": self.env.world,
+                "final": final,
+                "run_name": self.plan.run_name,
+                "n_train": self.plan.n_train,
+            },
+            "imputer": self.plan.imputer,
+            "data": self.plan.source,
+        }
+
+    def _report(self, metrics: dict, epoch: int, save: bool, final: bool = False) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            written = None
+            if self.env.rank == 0 and save:
+                state = checkpoint_dict(self.loop.module, self.schema, self.cfg, self._extra(final))
+                torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
+                written = tmp
+            self.env.report({**_clean(metrics), **self.placement}, written)
+        if written:
+            for cb in self.callbacks:
+                cb.on_checkpoint(epoch, final)
+
+    def _selection(self, metrics: dict) -> dict:
+        """The run's score so far for a scheduler or a search: the best selectable epoch's score
+        (after a warm-up), else this epoch's."""
+        best = self.loop.result.best_score
+        key = self.cfg.select_metric if self.plan.has_validation else "train_loss"
+        now = metrics.get(key, float("nan"))
+        return {"score": float(best if np.isfinite(best) else now), "best_epoch": self.loop.result.best_epoch}
+
+    def _on_epoch(self, epoch: int, metrics: dict, improved: bool) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch(epoch, metrics, improved)
+        every = self.request.storage.checkpoint_every
+        save = (epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs
+        self._report({**metrics, **self._selection(metrics)}, epoch + 1, save)
+        self._maybe_fail(epoch)
+
+    def _maybe_fail(self, epoch: int) -> None:
+        fault = self.plan.fault
+        if fault and self.env.rank == fault["rank"] and epoch + 1 == fault["epoch"]:
+            if not os.path.exists(fault["marker"]):
+                Path(fault["marker"]).write_text(f"failed after epoch {epoch}\n")
+                raise RuntimeError(f"injected failure on worker {self.env.rank} after epoch {epoch} ({FAULT_ENV})")
+
+    def _after_fit(self) -> None:
+        """Rank 0's pass over the training data once training ends (e.g. JPVAE's latent Gaussian, calibration)."""
+        module = self.loop.module
+        module.eval()
+        if self.env.rank != 0:
+            return
+        full, device = self.env.dataset("fit"), self.env.device
+        module.after_fit(
+            lambda: (
+                batch_from_tensors(b, self.views)
+                for b in full.iter_torch_batches(batch_size=AFTER_FIT_ROWS, device=device)
+            )
+        )
+
+    def run(self) -> None:
+        val_set = self._validation_set()
+        self.shard = self.env.dataset("train")
+        self.loop.run(self._batches, self.plan.steps_per_epoch, val_set, self._on_epoch, show_progress=False)
+        self._after_fit()
+        best = self.loop.result
+        summary = {
+            "epoch": self.loop.epoch,
+            "final": 1.0,
+            "best_epoch": best.best_epoch,
+            "best_score": best.best_score,
+            "score": best.best_score,
+        }
+        self._report(summary, self.loop.epoch, save=True, final=True)
+
+
+__all__ = ["FAULT_ENV", "RayTrainEnv", "TuneTrialEnv", "WorkerPlan", "WorkerRun", "fault_from_env", "ray_train_worker"]
