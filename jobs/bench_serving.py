@@ -15,10 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 
 def _free_port() -> int:
     import socket
@@ -148,7 +144,7 @@ def serve_latency(
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from mvimpute.endpoint import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")
@@ -207,7 +203,7 @@ def serve_load(users: int = 16, requests: int = 2000, run_time_s: int = 60, out:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from mvimpute.endpoint import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")

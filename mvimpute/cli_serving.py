@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -133,13 +132,8 @@ def serve_command(
     import ray
     from ray import serve
 
-    root = str(Path(__file__).resolve().parents[1])  # the repository holding serve/ (an editable install)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        from serve.app import build_app
-    except ImportError as err:
-        raise typer.BadParameter(f"cannot import serve.app ({err}); run from the repository root") from None
+    from .endpoint import build_app
+
     args = {
         "model_uri": model_uri,
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -153,7 +147,7 @@ def serve_command(
     }
     app_ = build_app(args)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": _forwarded_env(root)})
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": _forwarded_env()})
     serve.start(http_options={"host": host, "port": port})
     serve.run(app_, name="mvimpute", route_prefix="/")
     typer.echo(f"serving on http://{host}:{port}  (POST /impute, GET /healthz, GET /metadata, /docs); Ctrl-C stops")
@@ -172,8 +166,6 @@ def serve_command(
         typer.echo("Serve shut down")
 
 
-def _forwarded_env(root: str) -> dict:
-    """What the replicas need from here: the tracking and model URIs, and serve/ on the import path."""
-    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", MODEL_URI_ENV) if k in os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    return env
+def _forwarded_env() -> dict:
+    """What the replicas need from here: the tracking and model URIs."""
+    return {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", MODEL_URI_ENV) if k in os.environ}

@@ -6,6 +6,8 @@ The pyfunc, `mvimpute impute`, the Ray Data batch job and the Serve endpoint all
     out = p.predict(frame, outputs=("mean", "std", "interval"), n_samples=100, level=0.9)
     out.to_frame()                                   # `view:feature`, `view:feature__std`, `__lower`, `__upper`
     p.predict_instances([{"top": [0.1, None, ...], "bottom": None}], outputs=("mean", "samples"))
+    p.predict_requests([p.request(instances, ids), ...])   # the endpoint: several requests, one pass
+    p.reload_if_moved()                              # the model a moved alias names now, else None
 
 Inputs are a wide frame (`view:feature` columns, NaN = missing) or a list of instances (dict view →
 list of number | null, or null / left out for a wholly missing view). Rows keep their ids and
@@ -151,6 +153,21 @@ class Prediction:
         return out
 
 
+@dataclass
+class InstanceRequest:
+    """One request's instances, checked against the model, and what it asks for (`Predictor.request`)."""
+
+    data: MultiViewData
+    ids: Sequence | None
+    outputs: tuple[str, ...]
+    n_samples: int
+    level: float
+
+    @property
+    def asks(self) -> tuple:
+        return self.outputs, self.n_samples, self.level
+
+
 def _tolist(d):
     return None if d is None else {v: np.asarray(a, dtype=np.float64).tolist() for v, a in d.items()}
 
@@ -163,6 +180,7 @@ class Predictor:
         imputer._check_fitted()
         self.imputer = imputer
         self.info = dict(info or {})
+        self._origin: tuple | None = None  # (model URI, tracking URI, device) when loaded from the registry
 
     # -- loading
     @classmethod
@@ -177,8 +195,11 @@ class Predictor:
         """A logged or registered mvimpute model (`models:/name@alias`, `models:/name/3`, `runs:/…/model`)."""
         from . import registry
 
-        path, info = registry.fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
-        return cls.from_checkpoint(path, device=device, info=info)
+        uri = default_model_uri(model_uri)
+        path, info = registry.fetch_checkpoint(uri, tracking_uri)
+        predictor = cls.from_checkpoint(path, device=device, info=info)
+        predictor._origin = (uri, tracking_uri, device)
+        return predictor
 
     @classmethod
     def load(
@@ -194,6 +215,27 @@ class Predictor:
         if checkpoint is not None:
             return cls.from_checkpoint(checkpoint, device=device)
         return cls.from_model_uri(model_uri, tracking_uri, device=device)
+
+    @property
+    def follows_alias(self) -> bool:
+        """Loaded from a registry alias (`models:/name@alias`), which can move to another version."""
+        if self._origin is None:
+            return False
+        from . import registry
+
+        return registry.is_alias(self._origin[0])
+
+    def reload_if_moved(self) -> Predictor | None:
+        """The model the alias names now, when it has moved off the version loaded here; else None."""
+        if not self.follows_alias:
+            return None
+        from . import registry
+
+        uri, tracking_uri, device = self._origin
+        now = registry.model_version(uri, tracking_uri).get("version")
+        if now is None or now == self.info.get("version"):
+            return None
+        return type(self).from_model_uri(uri, tracking_uri, device=device)
 
     # -- what the model expects
     @property
@@ -339,6 +381,51 @@ class Predictor:
                 item["id"] = i
         return items
 
+    def request(
+        self,
+        instances: Sequence[Mapping],
+        ids: Sequence | None = None,
+        outputs: Sequence[str] = ("mean",),
+        n_samples: int = 100,
+        level: float = 0.9,
+    ) -> InstanceRequest:
+        """Instances checked now (an `InputError` names instance, view and position), predicted later,
+        with others, by `predict_requests`; `n_samples` is dropped when only the mean is asked for."""
+        outputs = tuple(dict.fromkeys(["mean", *outputs]))
+        draws = bool(DRAW_OUTPUTS & set(outputs))
+        return InstanceRequest(self.check_instances(instances, ids), ids, outputs, n_samples if draws else 0, level)
+
+    def predict_requests(self, requests: Sequence[InstanceRequest]) -> list[list[dict]]:
+        """Per request, one dict per instance (`Prediction.to_instances`, ids kept); one forward pass for
+        all the requests that ask for the same outputs, draws and level."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.asks, []).append(i)
+        out: list = [None] * len(requests)
+        for idx in groups.values():
+            for i, items in zip(idx, self._predict_together([requests[i] for i in idx]), strict=True):
+                out[i] = items
+        return out
+
+    def _predict_together(self, requests: Sequence[InstanceRequest]) -> list[list[dict]]:
+        datas = [r.data for r in requests]
+        merged = MultiViewData(
+            {v: np.concatenate([d.views[v] for d in datas]) for v in datas[0].views},
+            likelihoods=datas[0].likelihoods,
+            columns=datas[0].columns,
+        )
+        outputs, n_samples, level = requests[0].asks
+        pred = self.predict(merged, outputs=outputs, n_samples=n_samples, level=level)
+        out, start = [], 0
+        for r in requests:
+            items = pred.select(slice(start, start + len(r.data))).to_instances()
+            start += len(r.data)
+            if r.ids is not None:
+                for item, i in zip(items, r.ids, strict=True):
+                    item["id"] = i
+            out.append(items)
+        return out
+
     def predict_frame(self, frame: pd.DataFrame, id_column: str | None = None, **kwargs) -> pd.DataFrame:
         """A wide frame in, the imputed frame out (mean in the input's columns, extra columns for what was
         asked), the id column first when given, rows in input order."""
@@ -360,6 +447,7 @@ __all__ = [
     "DEFAULT_MODEL_URI",
     "MODEL_URI_ENV",
     "InputError",
+    "InstanceRequest",
     "Prediction",
     "Predictor",
     "central_interval",

@@ -164,3 +164,28 @@ def test_metadata_says_when_a_model_is_not_calibrated():
     meta = Predictor(imp.fit(data)).metadata()["calibration"]
     assert meta["fitted"] is False
     assert meta["views"] == {v: {"likelihood": "bounded", "calibrated": False} for v in ("top", "bottom")}
+
+
+def test_requests_are_checked_alone_predicted_together_and_split_back(predictor):
+    data = mvi.load_dataset("digits-halves").subset(np.arange(4))
+    top, bottom = data.views["top"], data.views["bottom"]
+    a = predictor.request([{"top": top[0].tolist()}, {"bottom": bottom[1].tolist()}], ids=["a", "b"])
+    b = predictor.request([{"top": top[2].tolist()}], outputs=["std", "interval"], n_samples=20, level=0.8)
+    c = predictor.request([{"bottom": bottom[3].tolist(), "top": None}], ids=[7], n_samples=50)
+    assert a.asks == c.asks == (("mean",), 0, 0.9) and b.asks == (("mean", "std", "interval"), 20, 0.8)
+    got = predictor.predict_requests([a, b, c])
+    assert [len(items) for items in got] == [2, 1, 1]
+    assert [p["id"] for p in got[0]] == ["a", "b"] and got[2][0]["id"] == 7 and "id" not in got[1][0]
+    assert set(got[0][0]) == {"id", "mean"} and set(got[1][0]) == {"mean", "std", "lower", "upper"}
+    alone = predictor.predict_instances([{"top": top[0]}, {"bottom": bottom[1]}, {"bottom": bottom[3]}])
+    for item, ref in zip([*got[0], got[2][0]], alone, strict=True):
+        for v in ("top", "bottom"):
+            np.testing.assert_allclose(item["mean"][v], ref["mean"][v], rtol=1e-6, atol=1e-7)
+    assert got[1][0]["mean"]["top"] == top[2].tolist() and got[1][0]["std"]["top"] == [0.0] * 32
+    with pytest.raises(InputError) as err:
+        predictor.request([{"top": top[0].tolist()}, {"topp": top[0].tolist()}])
+    assert err.value.loc == (1, "topp")
+
+
+def test_a_predictor_from_a_checkpoint_follows_no_alias(predictor):
+    assert not predictor.follows_alias and predictor.reload_if_moved() is None

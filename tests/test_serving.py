@@ -56,7 +56,7 @@ def registered(mlflow_server, trained):  # noqa: F811
 def endpoint(ray_session, mlflow_server, registered):  # noqa: F811
     from ray import serve
 
-    import serve.app as app_module
+    from mvimpute import endpoint
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -70,7 +70,7 @@ def endpoint(ray_session, mlflow_server, registered):  # noqa: F811
         "reload_interval_s": 1.0,
         "max_batch_size": 8,
     }
-    serve.run(app_module.build_app(args), name="mvimpute-test", route_prefix="/")
+    serve.run(endpoint.build_app(args), name="mvimpute-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 

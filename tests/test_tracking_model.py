@@ -176,3 +176,22 @@ def test_a_logged_model_predicts_from_its_own_code_in_a_fresh_process(logged, tm
     got = pd.read_parquet(tmp_path / "out.parquet")
     expected = Predictor.from_checkpoint(ckpt, device="cpu").predict_frame(frame.reset_index(drop=True))
     np.testing.assert_allclose(got[list(frame.columns)].to_numpy(), expected[list(frame.columns)].to_numpy(), rtol=1e-6)
+
+
+def test_a_predictor_reloads_when_its_alias_moves(logged):
+    from mvimpute import registry
+    from mvimpute.predictor import Predictor
+
+    uri, model_uri, _, _ = logged
+    run = tracking.start_run("model-code", "versions", tracking_uri=uri)
+    first = tracking.register_model(run, model_uri, "follow", alias=None)
+    registry.set_alias(first, registry.CHAMPION, uri)
+    served = Predictor.from_model_uri("models:/follow@champion", uri, device="cpu")
+    assert served.follows_alias and served.info["version"] == "1" and served.reload_if_moved() is None
+    tracking.register_model(run, model_uri, "follow")  # version 2 takes the alias
+    tracking.end_run(run)
+    fresh = served.reload_if_moved()
+    assert fresh is not None and fresh.info["version"] == "2" and fresh.info["alias"] == registry.CHAMPION
+    assert fresh.follows_alias and fresh.reload_if_moved() is None
+    pinned = Predictor.from_model_uri(first, uri, device="cpu")
+    assert not pinned.follows_alias and pinned.reload_if_moved() is None
