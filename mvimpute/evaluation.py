@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import masking
 from .baselines import BASELINES
+from .config import parse_override
 from .data.datasets import load_dataset
 from .data.multiview import MultiViewData
 from .imputer import MultiViewImputer
@@ -216,16 +217,15 @@ def model_grid(models: Sequence[str], params: Sequence[str] = (), epochs: int | 
             raise ValueError(f"unknown model {m!r}; choose from {sorted(MODEL_REGISTRY)}")
         out[m] = {"model": m} | ({"epochs": epochs} if epochs is not None else {})
     for item in params:
-        key, sep, value = item.partition("=")
-        model, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name or model not in out:
-            raise ValueError(f"param {item!r}: expected MODEL.key=value with MODEL one of {list(out)}")
-        if name == "model":
-            raise ValueError(f"param {item!r}: the model kind is set by the model's name")
         try:
-            out[model][name] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as err:
-            raise ValueError(f"param {item!r}: cannot parse {value!r} ({err})") from None
+            keys, value = parse_override(item)  # the job config's `key.path=value` (YAML values)
+        except ValueError as err:
+            raise ValueError(f"param {err}") from None
+        if len(keys) != 2 or keys[0] not in out or not keys[1]:
+            raise ValueError(f"param {item!r}: expected MODEL.key=value with MODEL one of {list(out)}")
+        if keys[1] == "model":
+            raise ValueError(f"param {item!r}: the model kind is set by the model's name")
+        out[keys[0]][keys[1]] = value
     return out
 
 

@@ -84,8 +84,14 @@ def test_names_shown_before_import_match_the_registries():
 
 
 def test_the_example_job_config_is_the_defaults():
-    """`jobs/train.yaml` spells out the defaults that apply without --config (no surprise either way)."""
-    assert load_job_config(ROOT / "jobs" / "train.yaml") == load_job_config(None)
+    """`jobs/train.yaml` spells out the defaults that apply without --config (no surprise either way),
+    and leaves the data-size-dependent ones open, so that they still adapt to small data."""
+    from mvimpute.models.defaults import size_defaults
+
+    example = load_job_config(ROOT / "jobs" / "train.yaml")
+    assert example.resolved() == load_job_config(None).resolved()
+    adaptive = set().union(*(set(size_defaults(m, 40)[1]) for m in mvi.MODEL_REGISTRY))
+    assert adaptive and not adaptive & set(example.train), sorted(adaptive & set(example.train))
 
 
 def test_help_loads_no_torch_and_lists_config_keys():

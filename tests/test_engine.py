@@ -1,0 +1,125 @@
+"""The engine's run request and callbacks: one setup for `fit` and `train`, a model config built once
+and carried unchanged to the workers, tracking plugged in from outside."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import mvimpute as mvi
+from mvimpute.checkpoint import read_checkpoint, view_infos
+from mvimpute.config import load_job_config
+from mvimpute.data.multiview import ViewSchema
+from mvimpute.engine.callbacks import FAILED, FINISHED, KILLED, RunCallback, run_with_callbacks
+from mvimpute.engine.request import Resources, Storage, make_request
+from mvimpute.models import jpvae
+from mvimpute.training import settings_for
+
+SIZE_KEYS = ("batch_size", "weight_decay", "patience", "val_frac")
+
+
+class _Count:
+    """Counts how often JPVAE's config is built (its `__post_init__` validates it)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.n = 0
+        original = jpvae.JPVAEConfig.__post_init__
+
+        def counted(config) -> None:
+            self.n += 1
+            original(config)
+
+        monkeypatch.setattr(jpvae.JPVAEConfig, "__post_init__", counted)
+
+
+def test_a_sampled_alpha_reaches_the_model_config_validated_once(monkeypatch):
+    """search space → Tune's sample → `RunRequest.with_values` → `JPVAEConfig`, which the worker
+    uses as it is: the request built once, each trial's values checked once, nothing on the way
+    (pickling through Ray, building the model) builds the config again."""
+    count = _Count(monkeypatch)
+    request = make_request("jpvae", {"latent_dim": 3, "hidden": [8]}, {"epochs": 2})
+    assert count.n == 1
+    trial = request.with_values({"alpha": 0.7})
+    assert count.n == 2 and trial.model_config.alpha == 0.7 and request.model_config.alpha == 0.95
+    travelled = pickle.loads(pickle.dumps(trial))  # what Ray does to it on its way to a worker
+    data = mvi.load_dataset("synthetic-omics", n_samples=50, dims=(6, 4))
+    model = travelled.build_model(view_infos(ViewSchema.fit(data)))
+    assert count.n == 2
+    assert model.config.alpha == 0.7 and tuple(model.config.hidden) == (8,)
+
+
+def test_bad_values_fail_at_the_edge_naming_them():
+    with pytest.raises(ValueError, match="alpha"):
+        make_request("jpvae", {"alpha": 2.0})
+    with pytest.raises(ValueError, match="no parameter.*alfa"):
+        make_request("jpvae").with_values({"alfa": 0.5})
+    with pytest.raises(ValueError, match="epochz"):
+        make_request("jpvae", None, {"epochz": 3})
+    with pytest.raises(ValueError, match="unknown model"):
+        make_request("jpvea")
+    with pytest.raises(ValueError, match="num_workers"):
+        Resources(num_workers=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        Storage(checkpoint_every=0)
+
+
+def test_a_job_configs_request_keeps_the_size_defaults_open():
+    """Keys the job config leaves out adapt to small data as `fit`'s do; keys it sets are kept."""
+    from mvimpute.jobs.train import given_keys, job_request
+
+    job = load_job_config({"model": "jpvae", "train": {"batch_size": 32}, "model_params": {"latent_dim": 3}})
+    request = job_request(job).sized_for(80, given_keys(job))
+    imp = mvi.MultiViewImputer("jpvae", batch_size=32, latent_dim=3)
+    model_config, cfg = settings_for("jpvae", imp.model_params, imp.train_config, 80, imp.given_params_)
+    assert request.model_config == model_config
+    assert request.train.batch_size == 32 == cfg.batch_size and request.model_config.latent_dim == 3
+    assert request.train.weight_decay == cfg.weight_decay == 1e-3  # the small-data default, applied
+    assert request.train.val_frac == 0.2 and request.model_config.cross_shrinkage == "auto"
+    assert make_request("jpvae").sized_for(5000, set()) == make_request("jpvae")  # large data: unchanged
+
+
+class _Recorder(RunCallback):
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def on_start(self, name, request) -> None:
+        self.calls.append(("start", name))
+
+    def on_end(self, result, status) -> None:
+        self.calls.append(("end", result, status))
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "raises"),
+    [(lambda: 7, FINISHED, None), (lambda: 1 / 0, FAILED, ZeroDivisionError), (None, KILLED, KeyboardInterrupt)],
+)
+def test_a_runs_end_status_is_decided_in_one_place(body, status, raises):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    rec = _Recorder()
+    run = body or interrupted
+    if raises is None:
+        assert run_with_callbacks([rec], "r", None, run) == 7
+    else:
+        with pytest.raises(raises):
+            run_with_callbacks([rec], "r", None, run)
+    assert rec.calls == [("start", "r"), ("end", 7 if status == FINISHED else None, status)]
+
+
+@pytest.mark.slow
+def test_fit_and_train_build_the_same_model_for_the_same_small_data(ray_session, tmp_path):  # noqa: ARG001
+    """`MultiViewImputer.fit` and the Ray Train runner, given the same 120 samples and no size
+    options, build the same model (widths, latent size, shrinkage) with the same loop settings."""
+    from mvimpute.engine.runner import train_distributed
+
+    data = mvi.load_dataset("synthetic-omics", n_samples=120, dims=(12, 8))
+    imp = mvi.MultiViewImputer("jpvae", epochs=1, progress=False).fit(data)
+    result = train_distributed(data, "jpvae", None, {"epochs": 1}, storage_path=tmp_path, preview_rows=0)
+    ours = read_checkpoint(imp.save(tmp_path / "fit.pt"))
+    theirs = read_checkpoint(result.checkpoint_file)
+    assert theirs["model_config"] == ours["model_config"]
+    assert ours["model_config"]["hidden"] != jpvae.JPVAEConfig().hidden  # the small-data widths, in both
+    for key in SIZE_KEYS:
+        assert theirs["train_config"][key] == ours["train_config"][key], key
