@@ -249,7 +249,7 @@ def batch_throughput(rows: int = 50_000, repeats: int = 3, out: str = "outputs/b
     import ray
 
     import mvimpute as mvi
-    from mvimpute.impute_job import impute_table
+    from mvimpute.jobs.impute import impute_table
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")

@@ -8,7 +8,7 @@ On a Ray cluster with an MLflow server (GPUs when the cluster has them):
     MLFLOW_TRACKING_URI=http://mlflow:5000 ray job submit --working-dir . -- \
         python jobs/impute.py --input /data/in.parquet --output /data/out.parquet --num-workers 4 --use-gpu
 
-The same call as `mvimpute impute` (mvimpute.impute_job.impute_table).
+The same call as `mvimpute impute` (mvimpute.jobs.impute.impute_table).
 """
 
 from __future__ import annotations

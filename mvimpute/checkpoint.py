@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .data.multiview import ViewSchema
+from .files import atomic_write
 from .models import build_model
 from .models.base import ImputationModel, ViewInfo
 
@@ -49,12 +50,7 @@ def checkpoint_dict(model: ImputationModel, schema: ViewSchema, train_config=Non
 def save_checkpoint(
     path: str | Path, model: ImputationModel, schema: ViewSchema, train_config=None, extra: dict | None = None
 ) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(checkpoint_dict(model, schema, train_config, extra), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(checkpoint_dict(model, schema, train_config, extra), tmp))
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> dict:

@@ -24,8 +24,6 @@ inside the commands, so `--help` answers at once.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
@@ -51,6 +49,7 @@ from .cli_options import (
     load_job,
 )
 from .cli_serving import impute, serve_command  # light at import: heavy modules load in the commands
+from .files import atomic_write
 from .names import DATASET_NAMES, MODEL_NAMES
 
 app = typer.Typer(
@@ -98,19 +97,6 @@ def load_imputer(path: Path, device: str = "cpu"):
         return MultiViewImputer.load(path, device=device)
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise typer.BadParameter(str(err), param_hint="--checkpoint") from None
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def metrics_table(metrics: dict[str, float], views: list[str]) -> str:

@@ -75,7 +75,7 @@ def impute(
     device: Annotated[str, typer.Option(hidden=True, help="Kept for old scripts; the engine picks the device.")] = "",
 ) -> None:
     """Fill the missing entries of a wide table; every row, its id, the order and observed values are kept."""
-    from .impute_job import impute_table
+    from .jobs.impute import impute_table
     from .predictor import InputError
 
     if checkpoint is not None and model_uri is not None:

@@ -274,10 +274,12 @@ def log_training_outputs(
     alias: str | None = CHAMPION,
 ) -> str:
     """After a run: summary metrics, figures (curves, posterior draws, JPVAE latent correlations) and
-    the registered model. `result` is a `DistributedResult`. Returns the model URI."""
+    the registered model. `result` is the engine's `RunResult`. Returns the model URI."""
     from . import plots
 
-    imputer = result.imputer()
+    from .imputer import MultiViewImputer
+
+    imputer = MultiViewImputer.load(result.checkpoint_path)
     client = run.client
     summary = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
     best = [h for h in result.history if h.get("epoch") == result.best_epoch]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mvimpute as mvi
-from mvimpute.impute_job import impute_table
+from mvimpute.jobs.impute import impute_table
 from mvimpute.predictor import InputError
 
 N_ROWS = 10_000

@@ -188,7 +188,11 @@ class MultiViewData:
     def with_views(self, views: Mapping[str, np.ndarray]) -> MultiViewData:
         """The same samples, columns and likelihoods with new values (e.g. corrupted)."""
         return MultiViewData(
-            views, likelihoods=self.likelihoods, index=self.index, columns=self.columns, obs=self.obs,
+            views,
+            likelihoods=self.likelihoods,
+            index=self.index,
+            columns=self.columns,
+            obs=self.obs,
             check_likelihoods=False,
         )
 
@@ -260,7 +264,6 @@ def check_magnitude(view: str, a: np.ndarray, columns: list[str]) -> None:
             f"view {view!r}, column {columns[j]!r}: values up to {np.nanmax(np.abs(a[:, j])):.3g} overflow when "
             f"scaled (|value| must stay below {MAX_ABS_VALUE:.0e}); rescale the column (e.g. log) first"
         )
-
 
 
 @dataclass
