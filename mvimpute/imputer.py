@@ -193,7 +193,7 @@ class MultiViewImputer:
         views hidden at random), it covers the truth with probability ≥ `level`, marginally over
         entries of the view, when `n_samples` equals the calibration's (100 by default). `level`
         lies in [0.01, 0.99]; levels between 1 % steps use the next step up. `binary` views are
-        not calibrated. See `mvimpute/models/calibration.py`.
+        not calibrated. See docs/calibration.md.
         """
         if n_samples < 2:
             raise ValueError(f"n_samples must be ≥ 2, got {n_samples}")

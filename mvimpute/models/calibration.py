@@ -1,57 +1,8 @@
-"""Split-conformal calibration of the draws' central intervals, per view.
+"""Split-conformal calibration of the draws' central intervals, per view and kind of missing entry.
 
-*Score.* For a hidden entry with truth y and raw draws x_1..x_S (uncalibrated, the model's own
-predictive draws), let m be the draws' median and [q_lo, q_hi] their central interval at level α
-(the (1 − α)/2 and (1 + α)/2 quantiles). The nonconformity score is the smallest stretch t of
-that interval about m that contains y:
-
-    t = (y − m) / max(q_hi − m, δ)   if y > m,      t = (m − y) / max(m − q_lo, δ)   otherwise,
-
-δ a floor: a quarter of the median half-width of the raw 90 % intervals on the view's calibration
-entries (at least half a count for count views; 1 % of the truths' spread if that median is 0).
-Without it, entries whose draws are all equal (a pixel drawn 0 every time, a count of 0) score
-|y − m|/0 and inflate the stretch of every other entry (with a floor of 1 % of the spread, TAE's
-calibrated CRPS on synthetic-omics, MCAR 50 %, seed 0, was 1.10 against 0.85 raw; see
-docs/uncertainty.md for the same cell with this floor). The calibrated interval
-at level α is [m − t̂·max(m − q_lo, δ), m + t̂·max(q_hi − m, δ)], with t̂ the ⌈(n + 1)α⌉-th smallest
-of the n calibration scores of that view and kind (+∞ when ⌈(n + 1)α⌉ > n), clipped to a bounded
-view's range. Entries are split by kind (Mondrian conformal prediction): entries missing inside an
-observed view, and entries of a wholly missing view — the draws' error differs between the two,
-and the test data's mix of them need not be the validation split's. A kind with fewer than
-`MIN_ENTRIES` calibration entries uses the view's pooled scores. Scores are computed for every
-level on a grid of 1 % steps (`LEVELS`) and t̂ stored per view, kind and level; a level between
-grid points uses the next grid level up. `sample` stretches the draws about their median by t̂
-at 90 % (`SAMPLE_LEVEL`), so their 90 % central interval is the calibrated one; where the draws
-are narrower than the floor δ, it adds the missing spread as noise (`stretch_draws`).
-
-*Bounded views: scores on the latent draws.* A `bounded` view's draws are a Gaussian censored to
-[0, 1], and its truths sit on the bounds often (half of the hidden digit pixels are 0). Scored on
-censored draws, every truth at 0 whose draws reach 0 in their lower tail scores exactly
-(m − 0)/(m − 0) = 1, so the scores tie at 1 over a block of quantiles around 90 % (digits-halves,
-MIWAE, 50 % MCAR: t̂ = 1.000 at every level from 0.87 to 0.95) and the calibrated interval covered
-0.96, the tie's whole mass. The calibration therefore scores and stretches the latent draws, before
-the clamp (`impute(..., censored=False)`), and a truth on a bound is scored as the latent value on
-the censored side nearest the median (y at 0 scores max(0, m)/max(m − q_lo, δ): it is covered
-exactly when the calibrated interval, clamped, reaches 0). The latent draws' lower quantile says how
-far past the bound the mass lies, which breaks the tie; the calibrated interval and draws are
-clamped to [0, 1] afterwards. Quantiles commute with the clamp, so uncalibrated intervals are those
-of the censored draws.
-
-*Guarantee.* Split conformal prediction (Vovk et al. 2005; Lei et al. 2018): if a test entry's
-(draws, truth) pair is exchangeable with the calibration entries of its view and kind, then
-P(y ∈ calibrated interval) ≥ α, marginally (over calibration set and test entry), and at most
-α + 1/(n + 1) when scores have no ties. It assumes (1) exchangeability: the calibration entries
-are hidden entries of the self-supervised validation split (a share of observed entries and
-whole views of held-out training samples), so test samples must come from the same population;
-(2) missingness of the same kind as in validation — the validation split hides entries
-completely at random and whole views at random, and the guarantee holds per view and kind
-(entry missing in an observed view / whole view missing); entries missing by another mechanism
-(MNAR, missingness that depends on the values) are not covered; (3) the same number of draws as in
-calibration (`n_samples`), since the draws' quantiles enter the score. It is marginal over
-entries of a view, not conditional on a sample or feature. `binary` and `bernoulli` views are not
-calibrated (a stretch of bits is not a bit; their intervals are {0}, {1} or [0, 1]).
-Nor is a view with fewer than `MIN_ENTRIES` hidden validation entries (a warning says so): with a
-handful of entries the conformal quantile is the largest score or +∞, which says nothing useful.
+Scores are stretches of the raw interval about the draws' median (floored by δ); `bounded` views are
+scored on their latent draws, before the clamp. The score, the floor, the kinds, the guarantee and
+what it assumes: docs/calibration.md.
 """
 
 from __future__ import annotations
