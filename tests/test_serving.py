@@ -172,7 +172,9 @@ def test_metadata_and_health_match_the_model(endpoint, trained):
         v: (local.dims[v], local.schema.likelihoods[v]) for v in local.view_names
     }
     assert meta["serving"]["max_n_samples"] == MAX_N_SAMPLES and meta["serving"]["batching"] is True
-    assert "calibration" in meta
+    assert meta["calibration"]["fitted"] is True  # the model's conformal calibration, as Predictor reports it
+    if meta["version"] == "1":
+        assert meta["calibration"] == json.loads(json.dumps(local.calibration()))
     status, health = call(endpoint, "/healthz")
     assert status == 200 and health["status"] == "ok"
     with urllib.request.urlopen(endpoint + "/docs", timeout=30) as r:
