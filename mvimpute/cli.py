@@ -325,15 +325,15 @@ def train(
     from . import console
 
     console.configure(verbose)
-    extra = {
-        "cluster.num_workers": num_workers,
-        "cluster.use_gpu": use_gpu,
-        "run_name": run_name,
-        "resume_from": resume_from,
-        "mlflow.tracking_uri": tracking_uri,
-        "mlflow.registered_model_name": registered_model_name,
-        "mlflow.enabled": False if no_tracking else None,
-    }
+    extra = dict(
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        run_name=run_name,
+        resume_from=resume_from,
+        tracking_uri=tracking_uri,
+        registered_model_name=registered_model_name,
+        tracking=False if no_tracking else None,
+    )
     items = job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
     job = load_job(config, items)
     if print_config:

@@ -61,7 +61,7 @@ def job_items(
     from .config import TrainConfig, flag_overrides
 
     items = list(overrides or [])
-    flags = {"data": data, "model": model, "train.epochs": epochs, "train.seed": seed, **(extra or {})}
+    flags = {"data": data, "model": model, "epochs": epochs, "seed": seed, **(extra or {})}
 
     train_keys = {f.name for f in fields(TrainConfig)} - {"progress"}
     own = {"epochs": "--epochs", "seed": "--seed", "device": "--device"}

@@ -80,7 +80,7 @@ def tune(
         if value is not None and value not in allowed:
             raise typer.BadParameter(f"{value!r}: choose one of {list(allowed)}", param_hint=option)
     console.configure(verbose)
-    extra = {"cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
+    extra = {"num_workers": num_workers, "use_gpu": use_gpu}
     items = job_items(overrides, data=data, model=model, epochs=epochs, seed=seed, params=param, extra=extra)
     from .engine.resources import ResourceRequestError
     from .jobs.tune import tune_main

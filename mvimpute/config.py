@@ -213,13 +213,54 @@ def parse_override(item: str) -> tuple[list[str], object]:
     return key.split("."), parsed
 
 
+# the jobs' keyword flags (the command line's options) and the job-config keys they set
+FLAG_KEYS = {
+    "data": "data",
+    "model": "model",
+    "epochs": "train.epochs",
+    "seed": "train.seed",
+    "num_workers": "cluster.num_workers",
+    "use_gpu": "cluster.use_gpu",
+    "run_name": "run_name",
+    "resume_from": "resume_from",
+    "tracking_uri": "mlflow.tracking_uri",
+    "registered_model_name": "mlflow.registered_model_name",
+    "tracking": "mlflow.enabled",
+    "space": "tune.space",
+    "num_samples": "tune.num_samples",
+    "max_concurrent_trials": "tune.max_concurrent_trials",
+    "search": "tune.search",
+    "scheduler": "tune.scheduler",
+    "name": "tune.name",
+}
+
+
+def read_yaml_mapping(path: str | Path, what: str, expected: str = "a mapping") -> dict:
+    """A YAML file's top-level mapping; a missing file, bad YAML or another type is a `ValueError`
+    naming `what` and the path."""
+    where = f"{what} {str(path)!r}"
+    if not Path(path).is_file():
+        raise ValueError(f"{where}: no such file")
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected {expected}")
+    return raw
+
+
 def flag_overrides(flags: Mapping[str, object]) -> list[str]:
-    """Command-line flags as `key.path=value` overrides (values written as YAML), None ones left out."""
+    """Flags (`FLAG_KEYS` names or dotted keys) as `key.path=value` overrides, values written as YAML;
+    None ones left out. An unknown flag name is a `TypeError`, as an unknown keyword argument is."""
     items = []
-    for key, value in flags.items():
+    for name, value in flags.items():
+        key = FLAG_KEYS.get(name, name if "." in name else None)
+        if key is None:
+            raise TypeError(f"unknown flag {name!r}; flags are {sorted(FLAG_KEYS)}")
         if value is not None:
-            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-            items.append(f"{key}={text}")
+            text = yaml.safe_dump(str(value) if isinstance(value, Path) else value, default_flow_style=True)
+            items.append(f"{key}={text.strip().removesuffix('...').strip()}")
     return items
 
 
@@ -234,14 +275,7 @@ def load_job_config(
         raw = dict(config)
     else:
         path = Path(config)
-        if not path.is_file():
-            raise ValueError(f"config {str(config)!r}: no such file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config {str(config)!r}: not valid YAML ({err})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"config {str(config)!r}: expected a mapping")
+        raw = read_yaml_mapping(path, "config")
         data = raw.get("data")
         if isinstance(data, str) and data.endswith((".yaml", ".yml")) and not Path(data).is_absolute():
             if not Path(data).exists() and (path.parent / data).exists():

@@ -16,9 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
-from ..config import TrainConfig
+from ..config import TrainConfig, read_yaml_mapping
 from ..models import MODEL_REGISTRY
 from ..models.base import config_from_kwargs
 from .callbacks import RunCallback, run_with_callbacks
@@ -140,15 +138,7 @@ def _domain(where: str, value):
 
 def load_space(path: str | Path, model: str) -> SearchSpace:
     """Read and check a search-space YAML for `model`; every problem is a `ValueError` naming the key."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"search space {str(path)!r}: no such file")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"search space {str(path)!r}: not valid YAML ({err})") from None
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"search space {str(path)!r}: expected a mapping with model_params and/or train")
+    raw = read_yaml_mapping(path, "search space", "a mapping with model_params and/or train")
     unknown = sorted(set(raw) - {"model", "model_params", "train"})
     if unknown:
         raise ValueError(f"search space {str(path)!r}: unknown section(s) {unknown}; use model, model_params, train")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..engine.batch import ImputeJobResult
-from ..engine.batch import impute_table as _impute_checkpoint
 from ..predictor import default_model_uri
+from .batch import ImputeJobResult
+from .batch import impute_table as _impute_checkpoint
 
 
 def impute_table(
@@ -25,7 +25,7 @@ def impute_table(
 ) -> ImputeJobResult:
     """Impute a wide table into `output` with a checkpoint, or with the model `model_uri` names
     (default `$MVIMPUTE_MODEL_URI`, else `models:/mvimpute-jpvae@champion`) fetched from the registry.
-    `options` are the pipeline's (`mvimpute.engine.batch.impute_table`)."""
+    `options` are the pipeline's (`mvimpute.jobs.batch.impute_table`)."""
     info = None
     if checkpoint is None:
         from ..registry import fetch_checkpoint

@@ -69,37 +69,16 @@ def tracking_callback(job: TrainJobConfig):
 
 
 def train_main(
-    config: str | Path | Mapping | None = None,
-    overrides: Sequence[str] = (),
-    *,
-    data: str | None = None,
-    num_workers: int | None = None,
-    use_gpu: bool | None = None,
-    run_name: str | None = None,
-    resume_from: str | None = None,
-    tracking_uri: str | None = None,
-    registered_model_name: str | None = None,
-    tracking: bool | None = None,
-    echo: bool = True,
+    config: str | Path | Mapping | None = None, overrides: Sequence[str] = (), *, echo: bool = True, **flags
 ) -> TrainJobResult:
     """The `train` job: config YAML + overrides → Ray Train run → MLflow run + registered model.
 
-    Keyword arguments override the config (they are the command line's flags). With `echo`,
-    prints one line per epoch and a summary (best epoch and score, MLflow run id, model URI).
-    Ctrl-C stops the run (`RunInterrupted`), marks the MLflow run KILLED and keeps the checkpoints.
+    `flags` override the config, as the command line's options do: data, num_workers, use_gpu,
+    run_name, resume_from, tracking_uri, registered_model_name, tracking (see `config.FLAG_KEYS`).
+    With `echo`, prints one line per epoch and a summary (best epoch and score, MLflow run id, model
+    URI). Ctrl-C stops the run (`RunInterrupted`), marks the MLflow run KILLED and keeps the checkpoints.
     """
-    flags = {
-        "data": data,
-        "cluster.num_workers": num_workers,
-        "cluster.use_gpu": use_gpu,
-        "run_name": run_name,
-        "resume_from": resume_from,
-        "mlflow.tracking_uri": tracking_uri,
-        "mlflow.registered_model_name": registered_model_name,
-        "mlflow.enabled": tracking,
-    }
-    job = load_job_config(config, [*overrides, *flag_overrides(flags)])
-    return run_job(job, echo)
+    return run_job(load_job_config(config, [*overrides, *flag_overrides(flags)]), echo)
 
 
 def run_job(job: TrainJobConfig, echo: bool = True) -> TrainJobResult:

@@ -137,31 +137,17 @@ def tune_main(
     config: str | Path | Mapping | None = None,
     overrides: Sequence[str] = (),
     *,
-    space: str | Path | None = None,
-    num_samples: int | None = None,
-    max_concurrent_trials: int | None = None,
-    search: str | None = None,
-    scheduler: str | None = None,
-    name: str | None = None,
-    tracking_uri: str | None = None,
-    tracking: bool | None = None,
     resume: bool = False,
     echo: bool = True,
+    **flags,
 ) -> SweepResult:
-    """The `tune` job. With `resume`, the sweep named `name` (under `cluster.storage_path`) continues
-    where it stopped: trials that finished are kept, unfinished and failed ones run again (from their
-    last checkpoint)."""
+    """The `tune` job. `flags` override the config, as the command line's options do: space,
+    num_samples, max_concurrent_trials, search, scheduler, name, tracking_uri, tracking, and the
+    train job's (see `config.FLAG_KEYS`). With `resume`, the sweep named `name` (under
+    `cluster.storage_path`) continues where it stopped: trials that finished are kept, unfinished and
+    failed ones run again (from their last checkpoint)."""
     t0 = time.perf_counter()
-    flags = {
-        "tune.space": str(space) if space is not None else None,
-        "tune.num_samples": num_samples,
-        "tune.max_concurrent_trials": max_concurrent_trials,
-        "tune.search": search,
-        "tune.scheduler": scheduler,
-        "tune.name": name,
-        "mlflow.tracking_uri": tracking_uri,
-        "mlflow.enabled": tracking,
-    }
+    name = flags.get("name")
     job, state = _load(config, overrides, flags, resume, name)
     request = job_request(job)
     space_path = job.tune.space or str(default_space(job.model))

@@ -1,6 +1,7 @@
-"""Batch imputation of a wide table: Ray Data `map_batches` with the `Predictor` in an actor pool.
+"""The batch pipeline: a wide table imputed by Ray Data `map_batches` with the `Predictor` in an actor
+pool (or in this process), from a local checkpoint; `mvimpute.jobs.impute` resolves registry URIs.
 
-    impute_table("in.parquet", "out.parquet", model_uri="models:/mvimpute-jpvae@champion", id_column="sample_id",
+    impute_table("in.parquet", "out.parquet", checkpoint="model.pt", id_column="sample_id",
                  outputs=("mean", "std", "interval"), n_samples=100)
 
 Input: Parquet (a file or a folder of files) or CSV, columns `view:feature` (NaN / empty = missing)
@@ -10,9 +11,8 @@ request, `<column>__std`, `<column>__lower` / `__upper` (central `level` interva
 `<column>__draws` (a list of draws). The file appears only when every batch has succeeded: it is
 written to a temporary file beside the target and renamed into place.
 
-The checkpoint is read once by the driver (a registry URI is pinned to one version) and shipped
-to the actors through the object store, so every actor serves the same model and no actor needs
-the registry or a shared file system.
+The checkpoint is read once by the driver and shipped to the actors through the object store, so
+every actor serves the same model and no actor needs the registry or a shared file system.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .data.multiview import COLUMN_SEP
-from .predictor import InputError, Predictor, default_model_uri
+from ..checkpoint import checkpoint_file
+from ..data.multiview import COLUMN_SEP
+from ..files import AtomicFile
+from ..predictor import InputError, Predictor
 
 _MISSING = "__mvimpute_missing__"
 _ERROR = "__mvimpute_error__"  # per-row count of filled entries, dropped by the driver
@@ -124,29 +126,13 @@ def check_columns(predictor: Predictor, columns: Sequence[str], dtypes: dict, id
             raise InputError((c,), f"column {c!r} has type {t}, not a number", what=None)
 
 
-class _AtomicFile:
-    """A temporary file beside `path`, renamed onto it by `commit`, removed by `discard`."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self.path, self.tmp = path, Path(tmp)
-
-    def commit(self) -> None:
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
-
-
 class TableWriter:
     """Streams frames into one Parquet or CSV file, atomically."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.fmt = table_format(self.path, "output")
-        self.file = _AtomicFile(self.path)
+        self.file = AtomicFile(self.path)
         self.writer = None
         self.rows = 0
 
@@ -191,18 +177,10 @@ def _options(outputs, n_samples, level) -> dict:
     return {"outputs": outputs, "n_samples": n_samples, "level": level}
 
 
-def load_predictor(checkpoint=None, model_uri=None, tracking_uri=None, device="cpu") -> tuple[Predictor, bytes]:
+def load_predictor(checkpoint: str | Path, device: str = "cpu", info: dict | None = None) -> tuple[Predictor, bytes]:
     """The predictor and its checkpoint's bytes (what the actors rebuild it from)."""
-    if checkpoint is None:
-        from .registry import fetch_checkpoint
-
-        path, info = fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
-    else:
-        path, info = Path(checkpoint), {"checkpoint": str(checkpoint)}
-    from .checkpoint import checkpoint_file
-
-    path = checkpoint_file(path)
-    predictor = Predictor.from_checkpoint(path, device=device, info=info)
+    path = checkpoint_file(checkpoint)
+    predictor = Predictor.from_checkpoint(path, device=device, info=info or {"checkpoint": str(checkpoint)})
     return predictor, path.read_bytes()
 
 
@@ -210,9 +188,8 @@ def impute_table(
     input: str | Path,
     output: str | Path,
     *,
-    checkpoint: str | Path | None = None,
-    model_uri: str | None = None,
-    tracking_uri: str | None = None,
+    checkpoint: str | Path,
+    info: dict | None = None,
     id_column: str | None = None,
     outputs: Sequence[str] = ("mean",),
     n_samples: int = 100,
@@ -238,7 +215,7 @@ def impute_table(
         raise ValueError(f"engine must be 'ray' or 'local', got {engine!r}")
     options = _options(outputs, n_samples, level)
     device = "cuda" if use_gpu else "cpu"
-    predictor, blob = load_predictor(checkpoint, model_uri, tracking_uri, device="cpu")
+    predictor, blob = load_predictor(checkpoint, "cpu", info)
     columns, dtypes = _read_schema(input, in_fmt)
     if id_column is None and in_fmt == "csv" and columns and columns[0].startswith("Unnamed: 0"):
         id_column = columns[0]  # a CSV written with its pandas index: that index is carried through as ids
@@ -352,4 +329,12 @@ def _ray_pipeline(ray, path, fmt, blob, device, id_column, options, num_workers,
         getattr(tables, "close", lambda: None)()
 
 
-__all__ = ["ImputeBatch", "ImputeJobResult", "TableWriter", "check_columns", "impute_frame", "impute_table"]
+__all__ = [
+    "ImputeBatch",
+    "ImputeJobResult",
+    "TableWriter",
+    "check_columns",
+    "impute_frame",
+    "impute_table",
+    "load_predictor",
+]
