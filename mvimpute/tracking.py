@@ -276,7 +276,6 @@ def log_training_outputs(
     """After a run: summary metrics, figures (curves, posterior draws, JPVAE latent correlations) and
     the registered model. `result` is the engine's `RunResult`. Returns the model URI."""
     from . import plots
-
     from .imputer import MultiViewImputer
 
     imputer = MultiViewImputer.load(result.checkpoint_path)

@@ -275,7 +275,7 @@ def test_the_field_check_catches_an_undocumented_field():
 
 def train_worker_cpus() -> float:
     """A Ray Train worker's CPUs as the train job plans them on an autoscaling cluster."""
-    from mvimpute.distributed import plan_worker_resources
+    from mvimpute.engine.resources import plan_worker_resources
 
     return plan_worker_resources(2, wait_for_resources=True)["CPU"]
 
