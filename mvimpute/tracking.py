@@ -157,6 +157,7 @@ MODEL_CODE = (
     "batch.py",
     "checkpoint.py",
     "config.py",
+    "files.py",
     "imputer.py",
     "likelihoods.py",
     "masking.py",
