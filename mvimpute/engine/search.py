@@ -364,9 +364,8 @@ def selection_start_of(request: RunRequest, space: SearchSpace) -> float:
 
 @dataclass(frozen=True)
 class Trial:
-    """A Tune function: one trial, its sampled values over the request, run with the trial's callbacks
-    (`trial_callbacks(trial_id, request)`, e.g. a tracking run per trial), by the Ray Train runner
-    with Tune's report callback or, with `runner="local"`, in this process."""
+    """What every trial of a search shares: the sweep's request, the data prepared once, the settings,
+    the workers' resources, and `trial_callbacks(trial_id, request)` (e.g. a tracking run per trial)."""
 
     request: RunRequest
     prepared: PreparedData
@@ -375,30 +374,31 @@ class Trial:
     trial_callbacks: Callable[[str, RunRequest], Sequence[RunCallback]] | None = None
     fault: str | None = None
 
-    def __call__(self, config: dict) -> None:
-        import ray.tune
 
-        trial_id = ray.tune.get_context().get_trial_id()
-        request = self.request.with_values(config.get("model_params"), config.get("train"))
-        request = request.with_storage(run_name=trial_id, path=self.settings.trial_storage)
-        callbacks = list(self.trial_callbacks(trial_id, request)) if self.trial_callbacks else []
-        run_with_callbacks(callbacks, trial_id, request, lambda: self._run(trial_id, request, callbacks))
+def run_trial(config: dict, trial: Trial) -> None:
+    """The Tune function: one trial, its sampled values over the sweep's request, run with the trial's
+    callbacks by the Ray Train runner with Tune's report callback or, with `runner="local"`, in this
+    process."""
+    import ray.tune
 
-    def _run(self, trial_id: str, request: RunRequest, callbacks: list) -> None:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        _maybe_fail(trial_id, self.fault)
-        if self.settings.runner == "local":
-            local_trial(request, self.prepared, callbacks)
-            return
-        # a restored search's trial resumes its Ray Train run (named by the trial) from its last checkpoint
-        run_config = run_config_for(request, [TuneReportCallback()], num_to_keep=2)
-        train_once(request, self.prepared, callbacks, self.worker_resources, run_config, preview_rows=0,
-                   report_placement_group=True)  # fmt: skip
+    trial_id = ray.tune.get_context().get_trial_id()
+    request = trial.request.with_values(config.get("model_params"), config.get("train"))
+    request = request.with_storage(run_name=trial_id, path=trial.settings.trial_storage)
+    callbacks = list(trial.trial_callbacks(trial_id, request)) if trial.trial_callbacks else []
+    run_with_callbacks(callbacks, trial_id, request, lambda: _train_trial(trial, trial_id, request, callbacks))
 
 
-def _run_trial(config: dict, trial: Trial) -> None:
-    trial(config)
+def _train_trial(trial: Trial, trial_id: str, request: RunRequest, callbacks: list) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    _maybe_fail(trial_id, trial.fault)
+    if trial.settings.runner == "local":
+        local_trial(request, trial.prepared, callbacks)
+        return
+    # a restored search's trial resumes its Ray Train run (named by the trial) from its last checkpoint
+    run_config = run_config_for(request, [TuneReportCallback()], num_to_keep=2)
+    train_once(request, trial.prepared, callbacks, trial.worker_resources, run_config, preview_rows=0,
+               report_placement_group=True)  # fmt: skip
 
 
 @dataclass
@@ -426,7 +426,7 @@ def run_search(
 
     st, cfg = trial.settings, trial.request.train
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, trial=trial),  # the prepared data travel once, through the object store
+        tune.with_parameters(run_trial, trial=trial),  # the prepared data travel once, through the object store
         dict(trial_resources or trial.worker_resources),
     )
     lines = _TrialLines(st.num_samples * (2 if st.space.uses_grid() else 1), echo)
@@ -481,5 +481,6 @@ __all__ = [
     "release_placement_group",
     "results_table",
     "run_search",
+    "run_trial",
     "selection_start_of",
 ]
