@@ -40,9 +40,12 @@ from .cli_options import (
     DeviceOpt,
     EpochsOpt,
     ModelOpt,
+    NoTrackingOpt,
     Overrides,
     ParamOpt,
     SeedOpt,
+    TrackingUriOpt,
+    UseGpuOpt,
     VerboseOpt,
     epilog,
     job_items,
@@ -301,19 +304,14 @@ def train(
     seed: SeedOpt = None,
     param: ParamOpt = None,
     num_workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers (DDP).", show_default="1")] = None,
-    use_gpu: Annotated[
-        bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.", show_default=False)
-    ] = None,
+    use_gpu: UseGpuOpt = None,
     run_name: Annotated[str | None, typer.Option(help="Run name; a stopped run's name resumes it.")] = None,
     resume_from: Annotated[str | None, typer.Option(help="A checkpoint (file or folder) to continue from.")] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow tracking URI.", show_default="$MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
     registered_model_name: Annotated[
         str | None, typer.Option(help="Registered model name.", show_default="mvimpute-MODEL")
     ] = None,
-    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Train without MLflow.")] = False,
+    no_tracking: NoTrackingOpt = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:

@@ -32,6 +32,12 @@ ParamOpt = Annotated[
         "--param", "-p", help="Model option KEY=VALUE, e.g. -p latent_dim=10 (see `models`).", show_default=False
     ),
 ]
+UseGpuOpt = Annotated[bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.", show_default=False)]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI.", show_default="$MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
+]
+NoTrackingOpt = Annotated[bool, typer.Option("--no-tracking", help="Run without MLflow.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and MLflow's own logs.")]
 CheckpointOpt = Annotated[
     Path,

@@ -16,9 +16,12 @@ from .cli_options import (
     DataOpt,
     EpochsOpt,
     ModelOpt,
+    NoTrackingOpt,
     Overrides,
     ParamOpt,
     SeedOpt,
+    TrackingUriOpt,
+    UseGpuOpt,
     VerboseOpt,
     job_items,
 )
@@ -56,16 +59,11 @@ def tune(
     num_workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers per trial.", show_default="1")
     ] = None,
-    use_gpu: Annotated[
-        bool | None, typer.Option("--use-gpu/--no-gpu", help="One GPU per worker.", show_default=False)
-    ] = None,
+    use_gpu: UseGpuOpt = None,
     name: Annotated[str | None, typer.Option(help="The sweep's name (its folder); --resume needs it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped sweep --name.")] = False,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow tracking URI.", show_default="$MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
-    ] = None,
-    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Sweep without MLflow.")] = False,
+    tracking_uri: TrackingUriOpt = None,
+    no_tracking: NoTrackingOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Sweep hyper-parameters with Ray Tune (ASHA + Optuna or random search) over Ray Train runs;
