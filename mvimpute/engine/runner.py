@@ -132,31 +132,14 @@ def run_config_for(request: RunRequest, callbacks: Sequence = (), num_to_keep: i
 
 
 def run_training(
-    request: RunRequest,
-    prepared: PreparedData,
-    callbacks: Sequence[RunCallback] = (),
-    *,
-    worker_resources: Mapping[str, float] | None = None,
-    run_config=None,
-    preview_rows: int = 8,
-    report_placement_group: bool = False,
+    request: RunRequest, prepared: PreparedData, callbacks: Sequence[RunCallback] = (), **options
 ) -> RunResult:
-    """One `TorchTrainer` run of `request` on `prepared` data; nothing given is changed.
-
-    `worker_resources` come from `plan_worker_resources` (as given); `run_config` defaults to
-    `run_config_for(request)` (a sweep passes its own, with Tune's report callback). Each worker
-    report carries the epoch's metrics plus `score` (the best selectable epoch's `select_metric` so
-    far) and `best_epoch`; with `report_placement_group`, also the id of the workers' placement group
-    (`train_placement_group`), so whoever stops the run from outside (a Tune scheduler) can release it."""
+    """One `TorchTrainer` run of `request` on `prepared` data, between the callbacks' `on_start` and
+    `on_end`; nothing given is changed. `options` are `train_once`'s. A request without a run name
+    gets `<model>-<time>`."""
     run_name = request.storage.run_name or f"{request.model}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}"
     request = request.with_storage(run_name=run_name)
-
-    def fit() -> RunResult:
-        return train_once(
-            request, prepared, callbacks, worker_resources, run_config, preview_rows, report_placement_group
-        )
-
-    return run_with_callbacks(callbacks, run_name, request, fit)
+    return run_with_callbacks(callbacks, run_name, request, lambda: train_once(request, prepared, callbacks, **options))
 
 
 def train_once(
@@ -168,8 +151,14 @@ def train_once(
     preview_rows: int = 8,
     report_placement_group: bool = False,
 ) -> RunResult:
-    """`run_training` without the callbacks' `on_start`/`on_end` (a sweep's trial calls those itself);
-    `request.storage.run_name` must be set."""
+    """One `TorchTrainer` run of `request` (its `storage.run_name` set) without the callbacks'
+    `on_start`/`on_end` (a sweep's trial calls those itself).
+
+    `worker_resources` come from `plan_worker_resources` (as given); `run_config` defaults to
+    `run_config_for(request)` (a sweep passes its own, with Tune's report callback). Each worker
+    report carries the epoch's metrics plus `score` (the best selectable epoch's `select_metric` so
+    far) and `best_epoch`; with `report_placement_group`, also the id of the workers' placement group
+    (`train_placement_group`), so whoever stops the run from outside (a Tune scheduler) can release it."""
     run_name = request.storage.run_name
     plan = worker_plan(request, prepared, run_name, report_placement_group=report_placement_group)
     result = _fit(request, prepared, plan, list(callbacks), worker_resources, run_config or run_config_for(request))
