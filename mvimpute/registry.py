@@ -30,6 +30,12 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def client(tracking_uri: str | None = None) -> MlflowClient:
+    """A client whose registry is the tracking store itself (not a `MLFLOW_REGISTRY_URI` left by another run)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(uri, registry_uri=uri)
+
+
 def is_alias(model_uri: str | None) -> bool:
     """Whether `model_uri` names a registry alias (`models:/name@alias`), which can move."""
     m = _MODELS_URI.match(model_uri or "")
@@ -42,14 +48,14 @@ def model_version(model_uri: str, tracking_uri: str | None = None) -> dict:
     m = _MODELS_URI.match(model_uri)
     if not m:
         return {"model_uri": model_uri}
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    registry = client(tracking_uri)
     name, alias, version = m["name"], m["alias"], m["version"]
     if alias:
-        mv = client.get_model_version_by_alias(name, alias)
+        mv = registry.get_model_version_by_alias(name, alias)
     elif version and version.isdigit():
-        mv = client.get_model_version(name, version)
+        mv = registry.get_model_version(name, version)
     else:  # models:/name/Production style stages, or just the name: the latest version
-        mv = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        mv = max(registry.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     return {"model_uri": model_uri, "name": name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id}
 
 
@@ -60,9 +66,8 @@ def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, dst: str |
     the reported version agree even if the alias moves during the download."""
     uri = resolve_tracking_uri(tracking_uri)
     info = model_version(model_uri, uri)
-    client = MlflowClient(uri)
     if "version" in info:
-        source = client.get_model_version_download_uri(info["name"], info["version"]).rstrip("/") + "/artifacts"
+        source = client(uri).get_model_version_download_uri(info["name"], info["version"]).rstrip("/") + "/artifacts"
     else:
         source = model_uri.rstrip("/") + "/artifacts"
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="mvimpute-model-"))
@@ -76,18 +81,21 @@ def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, dst: str |
 def set_alias(model_uri: str, alias: str, tracking_uri: str | None = None) -> None:
     """Point `alias` of a registered model at the version `models:/name/version` names."""
     info = model_version(model_uri, tracking_uri)
-    MlflowClient(resolve_tracking_uri(tracking_uri)).set_registered_model_alias(info["name"], alias, info["version"])
+    client(tracking_uri).set_registered_model_alias(info["name"], alias, info["version"])
 
 
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
     """Load a logged or registered model (`models:/name/version`) as an `mlflow.pyfunc` model."""
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return mlflow.pyfunc.load_model(model_uri)
 
 
 __all__ = [
     "CHAMPION",
     "DEFAULT_TRACKING_URI",
+    "client",
     "fetch_checkpoint",
     "is_alias",
     "load_pyfunc",

@@ -65,7 +65,7 @@ class RunRef:
 
     @property
     def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
+        return MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)  # its registry: the same store
 
 
 def _experiment(client: MlflowClient, name: str, embedded: bool) -> str:

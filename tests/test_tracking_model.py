@@ -121,6 +121,18 @@ def test_the_predictor_sits_above_the_registry_and_below_tracking():
     assert "mvimpute.registry" in imports("mvimpute.predictor")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _leave_the_environment_as_found():
+    """Starting a run exports MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI; later tests must not inherit them."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """A tiny JPVAE logged to a SQLite store: (tracking URI, model URI, checkpoint, the store's folder)."""
@@ -195,3 +207,25 @@ def test_a_predictor_reloads_when_its_alias_moves(logged):
     assert fresh.follows_alias and fresh.reload_if_moved() is None
     pinned = Predictor.from_model_uri(first, uri, device="cpu")
     assert not pinned.follows_alias and pinned.reload_if_moved() is None
+
+
+def test_the_registry_is_the_given_store_whatever_another_run_left_behind(logged, tmp_path):
+    """Starting a run sets MLflow's registry URI (and exports MLFLOW_REGISTRY_URI, which Ray workers
+    started afterwards inherit): a given tracking URI must still name the registry."""
+    import mlflow
+
+    from mvimpute import registry
+    from mvimpute.predictor import Predictor
+
+    uri, model_uri, _, _ = logged
+    run = tracking.start_run("model-code", "elsewhere", tracking_uri=uri)
+    registry.set_alias(tracking.register_model(run, model_uri, "stray-env", alias=None), "stable", uri)
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        assert registry.model_version("models:/stray-env@stable", uri)["version"] == "1"
+        assert Predictor.from_model_uri("models:/stray-env@stable", uri, device="cpu").info["version"] == "1"
+        assert tracking.register_model(run, model_uri, "stray-env") == "models:/stray-env@champion"
+    finally:
+        mlflow.set_registry_uri(uri)
+    tracking.end_run(run)
+    assert registry.model_version("models:/stray-env@champion", uri)["version"] == "2"
