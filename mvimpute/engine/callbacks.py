@@ -72,16 +72,26 @@ class EpochLines(RunCallback):
         return {"epochs": self.epochs, "queue": self.queue, "_stop": None, "_thread": None}
 
     def on_start(self, name: str, request: Any) -> None:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # on the driver's node: the lines die with the driver, never with a worker's node
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float], improved: bool) -> None:
-        if self.queue is not None:
+        if self.queue is None:
+            return
+        import ray
+
+        try:
             self.queue.put_nowait(epoch_line(metrics, self.epochs, improved))
+        except ray.exceptions.RayError:  # progress lines are not worth a training run
+            self.queue = None
 
     def _drain(self, timeout: float | None) -> None:
         import ray
