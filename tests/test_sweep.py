@@ -136,8 +136,7 @@ def test_the_tune_command_rejects_a_malformed_space_before_any_trial(tmp_path):
 
 
 def test_sweep_resources_leave_a_cpu_to_ray_data():
-    from mvimpute.engine.resources import ResourceRequestError
-    from mvimpute.engine.resources import plan_sweep_resources
+    from mvimpute.engine.resources import ResourceRequestError, plan_sweep_resources
 
     trial, worker, c = plan_sweep_resources(1, None, 4, {"CPU": 2.0})
     assert c == 1 and 2.0 - c * (trial["CPU"] + worker["CPU"]) >= 1.0
