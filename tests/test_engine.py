@@ -123,3 +123,34 @@ def test_fit_and_train_build_the_same_model_for_the_same_small_data(ray_session,
     assert ours["model_config"]["hidden"] != jpvae.JPVAEConfig().hidden  # the small-data widths, in both
     for key in SIZE_KEYS:
         assert theirs["train_config"][key] == ours["train_config"][key], key
+
+
+def test_the_newest_whole_checkpoint_of_a_run_is_found(tmp_path):
+    """A checkpoint written but cut short (a lost node, Ctrl-C) is passed over for the one before it."""
+    from mvimpute.engine.worker import newest_checkpoint
+
+    imp = mvi.MultiViewImputer("jpvae", epochs=1, latent_dim=2, hidden=[8], progress=False)
+    imp.fit(mvi.load_dataset("synthetic-omics", n_samples=60, dims=(4, 3)))
+    run = tmp_path / "run"
+    imp.save(run / "checkpoint_2026-01-01_00-00-01.000000" / "model.pt")
+    (run / "checkpoint_2026-01-01_00-00-02.000000").mkdir()
+    (run / "checkpoint_2026-01-01_00-00-02.000000" / "model.pt").write_bytes(b"cut short")
+    found = newest_checkpoint(str(tmp_path), "run")
+    assert found is not None and found["model"] == "jpvae"
+    assert newest_checkpoint(str(tmp_path), "other") is None and newest_checkpoint(str(tmp_path), None) is None
+
+
+@pytest.mark.slow
+def test_a_run_run_again_resumes_from_a_checkpoint_ray_never_registered(ray_session, tmp_path):  # noqa: ARG001
+    """Ray Train restores a named run from the checkpoints its controller registered; one a worker wrote
+    just before the driver stopped is found in the run's folder all the same."""
+    from mvimpute.engine.runner import train_distributed
+
+    data = mvi.load_dataset("synthetic-omics", n_samples=200, dims=(6, 4))
+    options = {"storage_path": tmp_path, "run_name": "again", "preview_rows": 0}
+    params = {"latent_dim": 2, "hidden": [8]}
+    first = train_distributed(data, "jpvae", params, {"epochs": 2}, **options)
+    (tmp_path / "again" / "checkpoint_manager_snapshot.json").unlink()  # as if the controller never saw them
+    second = train_distributed(data, "jpvae", params, {"epochs": 3}, **options)
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]
+    assert second.history[:2] == first.history and second.attempts == [0, 2]

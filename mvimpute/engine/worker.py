@@ -56,6 +56,29 @@ def fault_from_env() -> dict | None:
         raise ValueError(f"{FAULT_ENV} must read 'epoch:rank:marker-file', got {raw!r}") from None
 
 
+def newest_checkpoint(storage_path: str, run_name: str | None) -> dict | None:
+    """The newest readable checkpoint in a run's folder (`<storage>/<run name>/checkpoint_*`), or None.
+
+    Ray Train restores a run run again under its name from the checkpoints its controller has
+    registered; one a worker persisted just before Ctrl-C or a lost driver may not be registered
+    yet, and the run would start over. Read here through pyarrow's filesystems (local or a URI)."""
+    if not run_name:
+        return None
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(storage_path)
+    found = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{run_name}", allow_not_found=True))
+    dirs = sorted(i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    for d in reversed(dirs):  # names carry their time: the newest last
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                pafs.copy_files(f"{d}/{CHECKPOINT_FILE}", f"{tmp}/{CHECKPOINT_FILE}", source_filesystem=fs)
+                return read_checkpoint(tmp, "cpu")
+            except (OSError, ValueError):  # not written whole: an older one
+                continue
+    return None
+
+
 def _clean(metrics: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | np.floating | np.integer)}
 
@@ -160,11 +183,15 @@ class WorkerRun:
         self.placement = self._placement() if plan.report_placement_group else {}
 
     def _restored_state(self) -> dict | None:
-        """This run's own last checkpoint (a restart), else the request's `resume_from`, else none."""
+        """This run's last checkpoint (a restart, or a stopped run run again under its name), else the
+        request's `resume_from`, else none."""
         ckpt = self.env.checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 return read_checkpoint(d, "cpu")
+        state = newest_checkpoint(self.request.storage.path, self.request.storage.run_name)
+        if state is not None:
+            return state
         if self.request.storage.resume_from:
             return read_checkpoint(self.request.storage.resume_from, "cpu", what="resume_from")
         return None
@@ -228,11 +255,11 @@ class WorkerRun:
         return {"score": float(best if np.isfinite(best) else now), "best_epoch": self.loop.result.best_epoch}
 
     def _on_epoch(self, epoch: int, metrics: dict, improved: bool) -> None:
-        for cb in self.callbacks:
-            cb.on_epoch(epoch, metrics, improved)
         every = self.request.storage.checkpoint_every
         save = (epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs
         self._report({**metrics, **self._selection(metrics)}, epoch + 1, save)
+        for cb in self.callbacks:  # after the report: what a callback shows has been checkpointed
+            cb.on_epoch(epoch, metrics, improved)
         self._maybe_fail(epoch)
 
     def _maybe_fail(self, epoch: int) -> None:
