@@ -50,12 +50,18 @@ def _returns(values: list[str] | None) -> list[str]:
 
 def impute(
     input_path: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--input", exists=True, help="Wide table: Parquet file or folder, or CSV; columns `view:feature`."
+            "--input",
+            help="Wide table, a path or URI (s3://...): Parquet file or folder, or CSV; columns `view:feature`.",
         ),
     ],
-    output: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the imputed table (.parquet/.csv).")],
+    output: Annotated[
+        str,
+        typer.Option(
+            help="Where to write it: a .parquet/.csv file, or a folder or URI (Parquet parts + _SUCCESS manifest)."
+        ),
+    ],
     model_uri: ModelUri = None,
     checkpoint: Checkpoint = None,
     tracking_uri: TrackingUri = None,

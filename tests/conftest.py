@@ -1,4 +1,10 @@
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +16,7 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):  # noqa: ARG001  (its variables must be set before Ray starts)
     pytest.importorskip("ray.data")
     import ray
 
@@ -24,3 +30,56 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_moto(root: Path):
+    """moto's S3 server on 127.0.0.1, and the standard AWS variables that point at it; None without moto."""
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        return None, None
+    port = _free_port()
+    log = root / "moto.log"
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail(f"moto's S3 server did not come up: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    return proc, env
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One S3 server (moto) for the session, its variables in this process's environment — set before
+    Ray starts, so that Ray's workers read and write the same bucket. None where moto is missing."""
+    proc, env = _start_moto(tmp_path_factory.mktemp("s3"))
+    if env is not None:
+        os.environ.update(env)
+    yield env
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_env(s3_server):
+    if s3_server is None:
+        pytest.skip("moto's S3 server is not installed (the k8s extra)")
+    return s3_server

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import mvimpute as mvi
+from mvimpute.jobs.batch import ROW
 from mvimpute.jobs.impute import impute_table
 from mvimpute.predictor import InputError
 
@@ -136,3 +138,123 @@ def test_bad_tables_are_refused_before_any_work(checkpoint, tmp_path):
     with pytest.raises(InputError, match="o.xlsx"):
         impute_table(tmp_path / "stray.parquet", tmp_path / "o.xlsx", checkpoint=checkpoint)
     assert not (tmp_path / "o.parquet").exists()
+
+
+def _read_parts(uri: str) -> tuple[pd.DataFrame, dict]:
+    """A folder of parts as a reader takes it: the manifest first, then the parts it names, in order."""
+    import json
+
+    import pyarrow.dataset as pds
+
+    from mvimpute import storage
+
+    manifest = json.loads(storage.read_text(storage.join(uri, "_SUCCESS")))
+    fs, inner = storage.filesystem(uri)
+    frame = pds.dataset(inner, format="parquet", filesystem=fs).to_table().to_pandas()  # skips _ files
+    return frame, manifest
+
+
+@pytest.fixture
+def bucket(s3_env):
+    import uuid
+
+    import boto3
+
+    name = f"batch-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+def test_bucket_to_bucket_two_actors_write_their_own_parts(ray_session, checkpoint, table, bucket, tmp_path):  # noqa: F811
+    """s3:// in, s3:// out: the actors write Parquet parts, the driver publishes them in row order with
+    a `_SUCCESS` manifest; every row, id, order and observed bit is kept, the values equal the
+    in-process loop's on the local file."""
+    from mvimpute import storage
+
+    src, wide = table
+    part = wide.iloc[:3000]
+    fs, inner = storage.filesystem(f"{bucket}/in/table.parquet")
+    pq.write_table(pa.Table.from_pandas(part, preserve_index=False), inner, filesystem=fs, row_group_size=700)
+    result = impute_table(
+        f"{bucket}/in/",
+        f"{bucket}/out",
+        checkpoint=checkpoint,
+        id_column="sample_id",
+        batch_size=500,
+        num_workers=2,
+        num_cpus=0.5,
+    )
+    got, manifest = _read_parts(f"{bucket}/out")
+    assert result.rows == manifest["rows"] == len(got) == 3000 == sum(p["rows"] for p in manifest["parts"])
+    assert len(manifest["parts"]) == 6  # one part per batch, written by the actor that imputed it
+    assert got[ROW].tolist() == list(range(3000))  # the parts, read in name order, are in row order
+    assert got["sample_id"].tolist() == part["sample_id"].tolist()
+    feats = [c for c in part.columns if c != "sample_id"]
+    assert result.missing_filled == int(part[feats].isna().to_numpy().sum())
+    for c in feats:
+        x, y = part[c].to_numpy(), got[c].to_numpy()
+        obs = ~np.isnan(x)
+        np.testing.assert_array_equal(_bits(y[obs]), _bits(x[obs]), err_msg=c)
+    local_src = tmp_path / "in.parquet"
+    part.to_parquet(local_src, index=False)
+    ref = pd.read_parquet(impute_table(local_src, tmp_path / "l.parquet", checkpoint=checkpoint,
+                                       id_column="sample_id", engine="local").output)  # fmt: skip
+    np.testing.assert_allclose(got[feats].to_numpy(np.float64), ref[feats].to_numpy(np.float64), rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputError, match="already holds a table"):
+        impute_table(f"{bucket}/in/", f"{bucket}/out", checkpoint=checkpoint, id_column="sample_id")
+
+
+def test_a_failed_bucket_job_leaves_nothing_at_the_destination(ray_session, checkpoint, table, bucket):  # noqa: F811
+    from mvimpute import storage
+
+    src, wide = table
+    bad = wide.iloc[:3000].copy()
+    bad.loc[2990, "bottom:px52"] = np.inf  # in the last batch: earlier parts are written first
+    fs, inner = storage.filesystem(f"{bucket}/bad/table.parquet")
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), inner, filesystem=fs, row_group_size=700)
+    with pytest.raises(ValueError, match="bottom.*px52.*Inf"):
+        impute_table(f"{bucket}/bad/", f"{bucket}/out", checkpoint=checkpoint, id_column="sample_id", batch_size=500)
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.filesystem(f"{bucket}/out")
+    left = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    assert [i.path for i in left if i.type == pafs.FileType.File] == []  # no part, no manifest, no staging
+
+
+def test_uri_errors_name_the_uri(checkpoint, bucket, tmp_path):
+    with pytest.raises(InputError, match="no such file or folder.*nothing-here"):
+        impute_table(f"{bucket}/nothing-here/", f"{bucket}/o", checkpoint=checkpoint)
+    pd.DataFrame({"top:px00": [0.0]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(InputError, match="folder of Parquet parts"):
+        impute_table(tmp_path / "t.parquet", f"{bucket}/o.parquet", checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="no-such-bucket"):
+        impute_table("s3://no-such-bucket-mvimpute/in/", f"{bucket}/o", checkpoint=checkpoint)
+
+
+def test_parts_are_published_in_row_order_whatever_their_names(tmp_path):
+    """The order of the output comes from the row index the parts carry, not from how they were named."""
+    from mvimpute.jobs.batch import SUCCESS, publish_parts
+
+    staging = tmp_path / "out" / "_temporary" / "job"
+    staging.mkdir(parents=True)
+    for name, start in (("z.parquet", 1000), ("a.parquet", 2000), ("m.parquet", 0)):
+        pd.DataFrame({"x": np.arange(start, start + 1000) * 0.5, ROW: np.arange(start, start + 1000)}).to_parquet(
+            staging / name, index=False
+        )
+    assert publish_parts(str(staging), str(tmp_path / "out")) == 3000
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [SUCCESS, "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]  # staging gone
+    got = pd.read_parquet(tmp_path / "out")
+    assert got[ROW].tolist() == list(range(3000)) and np.allclose(got["x"], np.arange(3000) * 0.5)
+
+
+def test_parts_whose_rows_interleave_are_never_published(tmp_path):
+    from mvimpute.jobs.batch import publish_parts
+
+    staging = tmp_path / "out" / "_temporary" / "job"
+    staging.mkdir(parents=True)
+    pd.DataFrame({ROW: [0, 1, 5]}).to_parquet(staging / "a.parquet", index=False)
+    pd.DataFrame({ROW: [2, 3, 4]}).to_parquet(staging / "b.parquet", index=False)
+    with pytest.raises(RuntimeError, match="interleave"):
+        publish_parts(str(staging), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "_SUCCESS").exists()

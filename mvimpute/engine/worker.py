@@ -79,6 +79,20 @@ def newest_checkpoint(storage_path: str, run_name: str | None) -> dict | None:
     return None
 
 
+def _worker_nodes(world: int) -> list[str]:
+    """The Ray node of each worker, by rank (every worker takes part: it is a collective)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    if world <= 1:
+        return [here]
+    import torch.distributed as dist
+
+    nodes: list = [None] * world
+    dist.all_gather_object(nodes, here)
+    return nodes
+
+
 def _clean(metrics: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | np.floating | np.integer)}
 
@@ -181,6 +195,7 @@ class WorkerRun:
             self.loop.load_state_dict(state["loop"])
         self.attempts = [*(state or {}).get("attempts", []), self.loop.epoch]
         self.placement = self._placement() if plan.report_placement_group else {}
+        self.nodes = _worker_nodes(env.world)
 
     def _restored_state(self) -> dict | None:
         """This run's last checkpoint (a restart, or a stopped run run again under its name), else the
@@ -226,6 +241,7 @@ class WorkerRun:
             "attempts": self.attempts,
             "distributed": {
                 "num_workers": self.env.world,
+                "nodes": self.nodes,
                 "final": final,
                 "run_name": self.plan.run_name,
                 "n_train": self.plan.n_train,
@@ -255,11 +271,11 @@ class WorkerRun:
         return {"score": float(best if np.isfinite(best) else now), "best_epoch": self.loop.result.best_epoch}
 
     def _on_epoch(self, epoch: int, metrics: dict, improved: bool) -> None:
+        for cb in self.callbacks:  # before the report, which may be the last thing a trial a scheduler stops does
+            cb.on_epoch(epoch, metrics, improved)
         every = self.request.storage.checkpoint_every
         save = (epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs
         self._report({**metrics, **self._selection(metrics)}, epoch + 1, save)
-        for cb in self.callbacks:  # after the report: what a callback shows has been checkpointed
-            cb.on_epoch(epoch, metrics, improved)
         self._maybe_fail(epoch)
 
     def _maybe_fail(self, epoch: int) -> None:

@@ -17,10 +17,12 @@ every actor serves the same model and no actor needs the registry or a shared fi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .. import storage
 from ..checkpoint import checkpoint_file
 from ..data.multiview import COLUMN_SEP
 from ..files import AtomicFile
@@ -41,13 +44,17 @@ BATCH_SIZE = 4096
 
 
 def table_format(path: str | Path, role: str) -> str:
-    path = Path(path)
-    if role == "input" and path.is_dir():
-        return "parquet"
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError((role,), f"{str(path)!r}: use a file ending in one of {sorted(FORMATS)}", what=None)
-    return fmt
+    """ "parquet" or "csv" for a file; an input without a table suffix is a Parquet folder (or prefix),
+    an output without one a folder of Parquet parts ("parts")."""
+    suffix = Path(str(path).rstrip("/")).suffix.lower()
+    fmt = FORMATS.get(suffix)
+    if fmt is not None:
+        return fmt
+    if suffix:
+        raise InputError(
+            (role,), f"{str(path)!r}: use a file ending in one of {sorted(FORMATS)}, or a folder", what=None
+        )
+    return "parquet" if role == "input" else "parts"
 
 
 @dataclass
@@ -60,9 +67,15 @@ class ImputeJobResult:
 
 
 class ImputeBatch:
-    """The Ray Data actor: rebuilds the predictor from the checkpoint bytes once, then imputes batches."""
+    """The Ray Data actor: rebuilds the predictor from the checkpoint bytes once, then imputes batches.
 
-    def __init__(self, checkpoint_ref, device: str, id_column: str | None, options: dict) -> None:
+    Into a file, it hands the imputed batch back (the driver writes it). Into a folder (`parts`, a
+    staging folder or URI), the batch carries the input's row index in `ROW`, the actor writes it as
+    a Parquet part named by its first row and hands back one line about it; bad values raise."""
+
+    def __init__(
+        self, checkpoint_ref, device: str, id_column: str | None, options: dict, parts: str | None = None
+    ) -> None:
         import ray
 
         blob = ray.get(checkpoint_ref[0]) if isinstance(checkpoint_ref, list) else checkpoint_ref
@@ -73,10 +86,11 @@ class ImputeBatch:
             self.predictor = Predictor.from_checkpoint(path, device=device)
         finally:
             os.unlink(path)
-        self.id_column = id_column
-        self.options = options
+        self.id_column, self.options, self.parts = id_column, options, parts
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        if self.parts is not None:
+            return pa.Table.from_pandas(write_part(self.predictor, batch, self.id_column, self.options, self.parts))
         try:
             out = impute_frame(self.predictor, batch, self.id_column, **self.options)
         except ValueError as err:
@@ -85,6 +99,25 @@ class ImputeBatch:
         out[_MISSING] = _n_missing(batch, self.predictor, self.id_column, per_row=True)
         # an Arrow table, so draws stay list<double> columns (Ray would turn arrays into tensor columns)
         return pa.Table.from_pandas(out, preserve_index=False)
+
+
+def write_part(predictor: Predictor, batch: pd.DataFrame, id_column: str | None, options: dict, parts: str):
+    """One batch (with its `ROW` column) imputed and written to `parts/<first row>.parquet`, rows in
+    order; returns one line: the part, its first and last row, rows and entries filled."""
+    import pyarrow.parquet as pq
+
+    batch = batch.sort_values(ROW, kind="stable")
+    rows = batch.pop(ROW).to_numpy()
+    if not len(rows):
+        return pd.DataFrame({"part": [], "first": [], "last": [], "rows": [], "missing": []})
+    out = impute_frame(predictor, batch.reset_index(drop=True), id_column, **options)
+    out[ROW] = rows
+    name = f"{int(rows[0]):012d}.parquet"
+    fs, inner = storage.filesystem(storage.join(parts, name))
+    pq.write_table(pa.Table.from_pandas(out, preserve_index=False), inner, filesystem=fs)
+    missing = int(_n_missing(batch, predictor, id_column))
+    return pd.DataFrame({"part": [name], "first": [int(rows[0])], "last": [int(rows[-1])], "rows": [len(rows)],
+                         "missing": [missing]})  # fmt: skip
 
 
 def impute_frame(predictor: Predictor, frame: pd.DataFrame, id_column: str | None = None, **options) -> pd.DataFrame:
@@ -160,16 +193,23 @@ class TableWriter:
             self.file.discard()
 
 
-def _read_schema(path: Path, fmt: str) -> tuple[list[str], dict]:
+def _read_schema(path: str, fmt: str) -> tuple[list[str], dict]:
     if fmt == "csv":
-        head = pd.read_csv(path, nrows=1000)
+        fs, inner = storage.filesystem(path)
+        with fs.open_input_stream(inner) as f:
+            head = pd.read_csv(f, nrows=1000)
         return list(head.columns), {
             c: pa.from_numpy_dtype(head[c].dtype) if head[c].dtype != object else pa.string() for c in head.columns
         }
+    schema = _parquet(path).schema
+    return list(schema.names), {f.name: f.type for f in schema}
+
+
+def _parquet(path: str):
     import pyarrow.dataset as pds
 
-    schema = pds.dataset(str(path), format="parquet").schema
-    return list(schema.names), {f.name: f.type for f in schema}
+    fs, inner = storage.filesystem(path)
+    return pds.dataset(inner, format="parquet", filesystem=fs)
 
 
 def _options(outputs, n_samples, level) -> dict:
@@ -182,6 +222,28 @@ def load_predictor(checkpoint: str | Path, device: str = "cpu", info: dict | Non
     path = checkpoint_file(checkpoint)
     predictor = Predictor.from_checkpoint(path, device=device, info=info or {"checkpoint": str(checkpoint)})
     return predictor, path.read_bytes()
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One batch job, checked: where the table comes from and goes, the model's bytes, the outputs
+    asked for and the actors' resources."""
+
+    input: str
+    in_fmt: str
+    output: str
+    out_fmt: str
+    blob: bytes
+    id_column: str | None
+    options: dict
+    num_workers: int = 1
+    use_gpu: bool = False
+    num_cpus: float = 1.0
+    batch_size: int = BATCH_SIZE
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.use_gpu else "cpu"
 
 
 def impute_table(
@@ -203,51 +265,71 @@ def impute_table(
     """Impute a wide table into `output` (see the module docstring).
 
     `engine="ray"`: Ray Data reads the table, `num_workers` actors (one GPU each with `use_gpu`,
-    else `num_cpus` CPUs each) impute its batches, the driver streams the results into the file in
-    input order. `engine="local"`: the same predictor in this process, batch after batch."""
+    else `num_cpus` CPUs each) impute its batches; into a file, the driver streams the results in
+    input order; into a folder (no table suffix; a URI must be one), the actors write Parquet parts
+    themselves and the driver publishes them (`publish_parts`). `engine="local"`: the same predictor
+    in this process, batch after batch."""
     t0 = time.perf_counter()
-    input, output = Path(input), Path(output)
-    if not input.exists():
-        raise InputError(("input",), f"no such file or folder: {str(input)!r}", what=None)
-    in_fmt = table_format(input, "input")
-    table_format(output, "output")
+    input, output = str(input), str(output)
+    in_fmt, out_fmt = table_format(input, "input"), table_format(output, "output")
     if engine not in ("ray", "local"):
         raise ValueError(f"engine must be 'ray' or 'local', got {engine!r}")
-    options = _options(outputs, n_samples, level)
-    device = "cuda" if use_gpu else "cpu"
+    if not storage.exists(input):
+        raise InputError(("input",), f"no such file or folder: {input!r}", what=None)
+    if out_fmt == "parts":
+        check_parts_target(output)
+    elif storage.is_uri(output):
+        raise InputError(("output",), f"{output!r}: a URI output is a folder of Parquet parts (no suffix)", what=None)
     predictor, blob = load_predictor(checkpoint, "cpu", info)
     columns, dtypes = _read_schema(input, in_fmt)
     if id_column is None and in_fmt == "csv" and columns and columns[0].startswith("Unnamed: 0"):
         id_column = columns[0]  # a CSV written with its pandas index: that index is carried through as ids
     check_columns(predictor, columns, dtypes, id_column)
-    writer = TableWriter(output)
-    missing = 0
-    ok = False
+    plan = BatchPlan(input, in_fmt, output, out_fmt, blob, id_column, _options(outputs, n_samples, level),
+                     num_workers, use_gpu, num_cpus, batch_size)  # fmt: skip
+    run = _impute_into_parts if out_fmt == "parts" else _impute_into_file
+    rows, missing = run(plan, predictor, engine)
+    target = output if storage.is_uri(output) else Path(output)
+    return ImputeJobResult(target, rows, missing, time.perf_counter() - t0, dict(predictor.info))
+
+
+def _impute_into_file(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int]:
+    """One Parquet or CSV file, written by the driver in input order and renamed into place."""
+    writer = TableWriter(plan.output)
+    missing, ok = 0, False
     try:
         if engine == "local":
-            batches = _local_batches(input, in_fmt, batch_size)
-            for frame in batches:
-                missing += _n_missing(frame, predictor, id_column)
-                writer.write(impute_frame(predictor, frame, id_column, **options))
+            for frame in _local_batches(plan.input, plan.in_fmt, plan.batch_size):
+                missing += _n_missing(frame, predictor, plan.id_column)
+                writer.write(impute_frame(predictor, frame, plan.id_column, **plan.options))
         else:
-            batches = _ray_batches(
-                input, in_fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size
-            )
+            batches = _ray_batches(plan)
             try:
-                for frame, n_miss in batches:
-                    missing += n_miss
-                    writer.write(frame)
-            except Exception as err:
-                cause = _user_error(err)
-                if cause is None:
-                    raise
-                raise cause from None
+                with _user_errors():
+                    for frame, n_miss in batches:
+                        missing += n_miss
+                        writer.write(frame)
             finally:
                 batches.close()  # stops the Ray Data executor now, not when a traceback lets go of it
         ok = True
     finally:
         writer.close(ok)
-    return ImputeJobResult(output, writer.rows, missing, time.perf_counter() - t0, dict(predictor.info))
+    return writer.rows, missing
+
+
+class _user_errors:
+    """Raises the `ValueError` a batch raised inside an actor, unwrapped from Ray's exceptions."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or not isinstance(err, Exception) or isinstance(err, InputError):
+            return False
+        cause = _user_error(err)
+        if cause is None or cause is err:
+            return False
+        raise cause from None
 
 
 def _user_error(err: BaseException) -> ValueError | None:
@@ -271,65 +353,200 @@ def _n_missing(frame: pd.DataFrame, predictor: Predictor, id_column: str | None,
     return per if per_row else int(per.sum())
 
 
-def _local_batches(path: Path, fmt: str, batch_size: int):
+def _local_batches(path: str, fmt: str, batch_size: int):
     if fmt == "csv":
-        yield from pd.read_csv(path, chunksize=batch_size)
+        fs, inner = storage.filesystem(path)
+        with fs.open_input_stream(inner) as f:
+            yield from pd.read_csv(f, chunksize=batch_size)
         return
-    import pyarrow.dataset as pds
-
-    for rb in pds.dataset(str(path), format="parquet").to_batches(batch_size=batch_size):
+    for rb in _parquet(path).to_batches(batch_size=batch_size):
         yield rb.to_pandas()
 
 
-def _ray_batches(path, fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size):
+def _ray_read(plan: BatchPlan):
+    """The input as a Ray Data set (a local path or a URI)."""
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    before = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # rows leave in the order they came in
-    try:
-        yield from _ray_pipeline(
-            ray, path, fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size
-        )
-    finally:
-        ctx.execution_options.preserve_order = before
+    ds = ray.data.read_csv(plan.input) if plan.in_fmt == "csv" else ray.data.read_parquet(plan.input)
+    id_column = plan.id_column
+    if plan.in_fmt == "csv" and id_column is not None and id_column.startswith("Unnamed: 0"):
+        if id_column not in ds.columns():
+            ds = ds.rename_columns({"": id_column})  # pyarrow names an empty header "", pandas "Unnamed: 0"
+    return ds
 
 
-def _ray_pipeline(ray, path, fmt, blob, device, id_column, options, num_workers, use_gpu, num_cpus, batch_size):
-    ds = ray.data.read_csv(str(path)) if fmt == "csv" else ray.data.read_parquet(str(path))
-    if fmt == "csv" and id_column is not None and id_column.startswith("Unnamed: 0") and id_column not in ds.columns():
-        ds = ds.rename_columns({"": id_column})  # pyarrow names an empty header "", pandas "Unnamed: 0"
-    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": num_cpus}
-    imputed = ds.map_batches(
+def _imputed(plan: BatchPlan, ds, parts: str | None = None):
+    """`ds` through the actor pool of `ImputeBatch`es."""
+    import ray
+
+    resources = {"num_gpus": 1} if plan.use_gpu else {"num_cpus": plan.num_cpus}
+    return ds.map_batches(
         ImputeBatch,
         fn_constructor_kwargs={
-            "checkpoint_ref": [ray.put(blob)],  # in a list: Ray hands the actor the reference, not the bytes
-            "device": device,
-            "id_column": id_column,
-            "options": options,
+            "checkpoint_ref": [ray.put(plan.blob)],  # in a list: Ray hands the actor the reference, not the bytes
+            "device": plan.device,
+            "id_column": plan.id_column,
+            "options": plan.options,
+            "parts": parts,
         },
-        batch_size=batch_size,
+        batch_size=plan.batch_size,
         batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=max(1, num_workers)),
+        compute=ray.data.ActorPoolStrategy(size=max(1, plan.num_workers)),
         **resources,
     )
+
+
+class _preserve_order:
+    """Ray Data keeps rows in the order they came in, while this block runs."""
+
+    def __enter__(self):
+        import ray
+
+        self.ctx = ray.data.DataContext.get_current()
+        self.before = self.ctx.execution_options.preserve_order
+        self.ctx.execution_options.preserve_order = True
+
+    def __exit__(self, *exc) -> None:
+        self.ctx.execution_options.preserve_order = self.before
+
+
+def _ray_batches(plan: BatchPlan):
+    """(imputed table, entries filled) per batch, in input order, streamed to the driver."""
     import pyarrow.compute as pc
 
-    tables = imputed.iter_batches(batch_size=None, batch_format="pyarrow")
+    with _preserve_order():
+        tables = _imputed(plan, _ray_read(plan)).iter_batches(batch_size=None, batch_format="pyarrow")
+        try:
+            for table in tables:
+                if _ERROR in table.column_names:
+                    errors = [e for e in table.column(_ERROR).to_pylist() if e]
+                    if errors:
+                        raise ValueError(errors[0])
+                    table = table.drop_columns([_ERROR])
+                n = pc.sum(table.column(_MISSING)).as_py() or 0
+                yield table.drop_columns([_MISSING]), int(n)
+        finally:
+            getattr(tables, "close", lambda: None)()
+
+
+# ----------------------------------------------------------------------------- a folder of parts
+
+ROW = "__row__"  # the input's row number (from 0), kept in every part: the explicit order of the output
+SUCCESS = "_SUCCESS"  # the manifest, written last: a folder without it holds no finished table
+
+
+def check_parts_target(output: str) -> None:
+    """A folder output must be new or empty: an `InputError` before any work starts otherwise."""
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.filesystem(output)
     try:
-        for table in tables:
-            if _ERROR in table.column_names:
-                errors = [e for e in table.column(_ERROR).to_pylist() if e]
-                if errors:
-                    raise ValueError(errors[0])
-                table = table.drop_columns([_ERROR])
-            n = pc.sum(table.column(_MISSING)).as_py() or 0
-            yield table.drop_columns([_MISSING]), int(n)
-    finally:
-        getattr(tables, "close", lambda: None)()
+        found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    except OSError as err:
+        raise InputError(("output",), f"{output!r}: {err}", what=None) from None
+    if any(not i.base_name.startswith(("_", ".")) or i.base_name == SUCCESS for i in found):
+        raise InputError(("output",), f"{output!r} already holds a table: give a new folder", what=None)
+
+
+def _impute_into_parts(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int]:
+    """Parts written beside the output (`_temporary/<job>/`, which readers skip), then published; on
+    any failure the staged parts are removed and nothing appears at the output. Only one line per
+    part reaches the driver."""
+    staging = storage.join(plan.output, "_temporary", uuid.uuid4().hex[:12])
+    try:
+        if engine == "local":
+            lines = _local_parts(plan, predictor, staging)
+        else:
+            _check_room(plan)
+            with _user_errors(), _preserve_order():
+                ds = _ray_read(plan)
+                ds = ds.zip(_row_numbers(ds.count()))
+                lines = _imputed(plan, ds, staging).to_pandas()
+        rows = publish_parts(staging, plan.output)
+    except BaseException:
+        _remove(storage.join(plan.output, "_temporary"))
+        raise
+    return rows, int(lines["missing"].sum()) if len(lines) else 0
+
+
+def _check_room(plan: BatchPlan) -> None:
+    """The actors write their parts through Ray Data's write tasks, which need a CPU beside them: a pool
+    that holds every CPU would wait for ever. A `ValueError` naming the options, before anything runs."""
+    from ..engine.runner import start_ray
+
+    total = float(start_ray().get("CPU", 0.0))
+    held = 0.0 if plan.use_gpu else plan.num_workers * plan.num_cpus
+    if total - held < 1.0 - 1e-9:
+        raise InputError(
+            ("num_workers",),
+            f"{plan.num_workers} actor(s) × {plan.num_cpus:g} CPU leave {max(total - held, 0):g} of {total:g} CPU(s) "
+            "for Ray Data's read and write tasks (they need 1): use fewer actors or a fraction of a CPU each",
+            what=None,
+        )
+
+
+def _row_numbers(n: int):
+    import ray
+
+    return ray.data.range(n).rename_columns({"id": ROW})
+
+
+def _local_parts(plan: BatchPlan, predictor: Predictor, staging: str) -> pd.DataFrame:
+    lines, start = [], 0
+    for frame in _local_batches(plan.input, plan.in_fmt, plan.batch_size):
+        frame = frame.reset_index(drop=True)
+        frame[ROW] = np.arange(start, start + len(frame))
+        start += len(frame)
+        lines.append(write_part(predictor, frame, plan.id_column, plan.options, staging))
+    return pd.concat(lines, ignore_index=True) if lines else pd.DataFrame({"missing": []})
+
+
+def publish_parts(staging: str, output: str) -> int:
+    """Move the staged parts to `output/part-NNNNN.parquet` in row order — read from their `__row__`
+    column, not from how Ray named them — then write the `_SUCCESS` manifest (parts, rows), and
+    remove the staging folder. Renames on a local disk; copies on an object store, where a reader
+    must see `_SUCCESS` before it reads (a job stopped while publishing leaves parts but no manifest)."""
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, inner = storage.filesystem(staging)
+    _, out = storage.filesystem(output)
+    staged = [i.path for i in fs.get_file_info(pafs.FileSelector(inner)) if i.path.endswith(".parquet")]
+    firsts, spans = {}, []
+    for path in staged:
+        rows = pq.read_table(path, columns=[ROW], filesystem=fs).column(ROW)
+        if len(rows):
+            firsts[path] = (int(pc.min(rows).as_py()), len(rows))
+            spans.append((firsts[path][0], int(pc.max(rows).as_py()), path))
+    spans.sort()
+    for (_, last, a), (first, _, b) in zip(spans, spans[1:], strict=False):
+        if first <= last:  # never publish a table whose parts, read in order, would not be in row order
+            raise RuntimeError(f"staged parts {a!r} and {b!r} interleave rows: nothing published")
+    parts = []
+    for k, path in enumerate(sorted(firsts, key=lambda p: firsts[p][0])):
+        name = f"part-{k:05d}.parquet"
+        fs.move(path, f"{out}/{name}")
+        parts.append({"file": name, "rows": firsts[path][1]})
+    total = sum(p["rows"] for p in parts)
+    manifest = {"format": "parquet", "rows": total, "row_column": ROW, "parts": parts}
+    storage.write_text(storage.join(output, SUCCESS), json.dumps(manifest, indent=1))
+    _remove(storage.join(output, "_temporary"))
+    return total
+
+
+def _remove(path: str) -> None:
+    fs, inner = storage.filesystem(path)
+    try:
+        fs.delete_dir(inner)
+    except (FileNotFoundError, OSError):
+        pass
 
 
 __all__ = [
+    "ROW",
+    "SUCCESS",
+    "BatchPlan",
     "ImputeBatch",
     "ImputeJobResult",
     "TableWriter",
@@ -337,4 +554,6 @@ __all__ = [
     "impute_frame",
     "impute_table",
     "load_predictor",
+    "publish_parts",
+    "write_part",
 ]

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import storage
 from ..config import TuneJobConfig, flag_overrides, load_job_config
 from ..engine.callbacks import RunCallback, run_with_callbacks
 from ..engine.prepare import prepare_data, read_data
@@ -54,8 +55,10 @@ class SweepResult:
     result_grid: object = None
 
 
-def _state_file(storage: str, name: str) -> Path:
-    return Path(storage) / f"{name}.sweep.json"
+def _state_file(storage_path: str, name: str) -> str:
+    """Where a sweep keeps what resuming it needs (its job config, its MLflow run): beside its Tune
+    state, in the sweep's storage (a local folder or a URI), so a driver elsewhere finds it."""
+    return storage.join(storage_path, f"{name}.sweep.json")
 
 
 def _load(config, overrides: Sequence[str], flags: Mapping, resume: bool, name: str | None):
@@ -65,11 +68,11 @@ def _load(config, overrides: Sequence[str], flags: Mapping, resume: bool, name: 
         return job, None
     if not name:
         raise ValueError("resume needs the sweep's name (--name)")
-    storage = job_request(job).storage.path
-    saved = _state_file(storage, name)
-    if not saved.is_file():
-        raise ValueError(f"no sweep named {name!r} under {storage}: nothing to resume")
-    state = json.loads(saved.read_text())
+    where = job_request(job).storage.path
+    saved = _state_file(where, name)
+    if not storage.exists(saved):
+        raise ValueError(f"no sweep named {name!r} under {where}: nothing to resume")
+    state = json.loads(storage.read_text(saved))
     return load_job_config(state["job"], kind=TuneJobConfig), state
 
 
@@ -197,9 +200,8 @@ def _search(
     the job leaves open), run the search, write its table and plot."""
     trial_res, worker_res = resources
     parent = sweep_run.parent if sweep_run else None
-    Path(settings.storage).mkdir(parents=True, exist_ok=True)
     saved = {"name": settings.name, "job": job.model_dump(mode="json"), "parent": parent}
-    _state_file(settings.storage, settings.name).write_text(json.dumps(saved))
+    storage.write_text(_state_file(settings.storage, settings.name), json.dumps(saved))
     rmv = read_data(job.data, request.likelihoods, request.scalings)
     request = request.sized_for(rmv.dataset.count(), given_keys(job))
     prepared = prepare_data(rmv, request.train, materialize=True)
@@ -223,12 +225,12 @@ def _plot(job: TuneJobConfig, sp: SearchSpace, table):
 
 
 def write_outputs(path: str, job: TuneJobConfig, sp: SearchSpace, table) -> None:
-    """The results table and the score plot in the sweep's folder too (`results.csv`, `scores.png`)."""
-    if "://" in path:
+    """The results table in the sweep's folder too (`results.csv`), and locally the score plot (`scores.png`)."""
+    storage.write_text(storage.join(path, "results.csv"), table.to_csv(index=False))
+    if storage.is_uri(path):
         return
     from .. import plots
 
-    table.to_csv(Path(path) / "results.csv", index=False)
     fig = _plot(job, sp, table)
     if fig is not None:
         plots.save(fig, Path(path) / "scores.png")
