@@ -71,7 +71,7 @@ class ImputeBatch:
 
     Into a file, it hands the imputed batch back (the driver writes it). Into a folder (`parts`, a
     staging folder or URI), the batch carries the input's row index in `ROW`, the actor writes it as
-    a Parquet part named by its first row and hands back one line about it; bad values raise."""
+    a Parquet part named by its first row and hands back one line about it (or the error)."""
 
     def __init__(
         self, checkpoint_ref, device: str, id_column: str | None, options: dict, parts: str | None = None
@@ -109,15 +109,20 @@ def write_part(predictor: Predictor, batch: pd.DataFrame, id_column: str | None,
     batch = batch.sort_values(ROW, kind="stable")
     rows = batch.pop(ROW).to_numpy()
     if not len(rows):
-        return pd.DataFrame({"part": [], "first": [], "last": [], "rows": [], "missing": []})
-    out = impute_frame(predictor, batch.reset_index(drop=True), id_column, **options)
+        return pd.DataFrame({"part": [], "first": [], "last": [], "rows": [], "missing": [], "error": []})
+    try:
+        out = impute_frame(predictor, batch.reset_index(drop=True), id_column, **options)
+    except ValueError as err:
+        # handed to the driver as data: it stops the job cleanly (a raising actor can be left holding its CPU)
+        return pd.DataFrame({"part": [""], "first": [int(rows[0])], "last": [int(rows[-1])], "rows": [0],
+                             "missing": [0], "error": [str(err)]})  # fmt: skip
     out[ROW] = rows
     name = f"{int(rows[0]):012d}.parquet"
     fs, inner = storage.filesystem(storage.join(parts, name))
     pq.write_table(pa.Table.from_pandas(out, preserve_index=False), inner, filesystem=fs)
     missing = int(_n_missing(batch, predictor, id_column))
     return pd.DataFrame({"part": [name], "first": [int(rows[0])], "last": [int(rows[-1])], "rows": [len(rows)],
-                         "missing": [missing]})  # fmt: skip
+                         "missing": [missing], "error": [""]})  # fmt: skip
 
 
 def impute_frame(predictor: Predictor, frame: pd.DataFrame, id_column: str | None = None, **options) -> pd.DataFrame:
@@ -462,6 +467,9 @@ def _impute_into_parts(plan: BatchPlan, predictor: Predictor, engine: str) -> tu
                 ds = _ray_read(plan)
                 ds = ds.zip(_row_numbers(ds.count()))
                 lines = _imputed(plan, ds, staging).to_pandas()
+        errors = [e for e in lines.get("error", pd.Series(dtype=str)) if e]
+        if errors:
+            raise ValueError(errors[0])
         rows = publish_parts(staging, plan.output)
     except BaseException:
         _remove(storage.join(plan.output, "_temporary"))
