@@ -65,10 +65,11 @@ def _start_moto(root: Path):
     return proc, env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def s3_server(tmp_path_factory):
     """One S3 server (moto) for the session, its variables in this process's environment — set before
-    Ray starts, so that Ray's workers read and write the same bucket. None where moto is missing."""
+    any test starts Ray (a command under test may start it too), so that Ray's workers read and write
+    the same bucket. None where moto is missing."""
     proc, env = _start_moto(tmp_path_factory.mktemp("s3"))
     if env is not None:
         os.environ.update(env)
