@@ -43,12 +43,6 @@ def exists(path: str | Path) -> bool:
     return info.type != pafs.FileType.NotFound
 
 
-def require(path: str | Path, what: str) -> None:
-    """A `ValueError` naming `what` and the URI when nothing is there."""
-    if not exists(path):
-        raise ValueError(f"{what}: nothing at {str(path)!r}")
-
-
 def read_text(path: str | Path) -> str:
     fs, inner = filesystem(path)
     with fs.open_input_stream(inner) as f:
@@ -67,4 +61,4 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text.encode())
 
 
-__all__ = ["exists", "filesystem", "is_uri", "join", "read_text", "require", "write_text"]
+__all__ = ["exists", "filesystem", "is_uri", "join", "read_text", "write_text"]
