@@ -22,6 +22,7 @@ from .training import (
     TrainingLoop,
     holdout_rows,
     make_validation_set,
+    parse_device,
     resolve_device,
     settings_for,
     shuffled_batches,
@@ -62,6 +63,7 @@ class MultiViewImputer:
         self.scalings = dict(scalings or {})
         self.given_params_ = set(params)
         self.train_config = TrainConfig(**{k: v for k, v in params.items() if k in TRAIN_KEYS})
+        parse_device(self.train_config.device)  # an unknown name fails here; a missing GPU when fitting
         self.model_params = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
         config_from_kwargs(MODEL_REGISTRY[model].config_class, self.model_params, model)  # validate now
         self.model_ = None

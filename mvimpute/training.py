@@ -27,10 +27,31 @@ from .models.base import MODEL_REGISTRY, ImputationModel, config_from_kwargs, ro
 from .models.defaults import size_defaults
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def parse_device(device: str | torch.device) -> torch.device | None:
+    """The torch device `device` names, None for "auto"; a name torch does not know is a
+    `ValueError` that names it."""
     if str(device) == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device a `device` setting picks: "auto" is the GPU when CUDA has one, else the CPU; any
+    other value names one ("cpu", "cuda", "cuda:1", "mps"). An unknown name, or a GPU this machine
+    lacks, is a `ValueError` naming it."""
+    dev = parse_device(device)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use 'auto' or 'cpu'"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use 'auto' or 'cpu'")
+    return dev
 
 
 @dataclass
