@@ -121,6 +121,8 @@ class ClusterSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_workers: int = Field(1, ge=1)
+    # elastic: a run that loses a node goes on with as few as min_workers (None: always num_workers)
+    min_workers: int | None = Field(None, ge=1)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None  # default: leave one CPU to Ray Data
     wait_for_resources: bool = False  # autoscaling clusters: wait for nodes instead of failing fast

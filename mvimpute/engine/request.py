@@ -24,16 +24,28 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 @dataclass(frozen=True)
 class Resources:
     """The workers a run asks for: `per_worker` None leaves one CPU to Ray Data (`plan_worker_resources`);
-    `wait_for_resources` is for autoscaling clusters, whose nodes appear on demand."""
+    `wait_for_resources` is for autoscaling clusters, whose nodes appear on demand. With `min_workers`
+    the run is elastic (Ray Train's `(min, max)` worker group): it starts, and goes on after losing a
+    node, with as few as `min_workers`, and grows back to `num_workers` when nodes return."""
 
     num_workers: int = 1
     use_gpu: bool = False
     per_worker: Mapping[str, float] | None = None
     wait_for_resources: bool = False
+    min_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be ≥ 1, got {self.num_workers}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ValueError(f"min_workers must be in [1, num_workers={self.num_workers}], got {self.min_workers}")
+
+    @property
+    def worker_group(self) -> int | tuple[int, int]:
+        """Ray Train's `ScalingConfig.num_workers`: a fixed size, or `(min, max)` when elastic."""
+        if self.min_workers is None or self.min_workers == self.num_workers:
+            return self.num_workers
+        return (self.min_workers, self.num_workers)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from ..data.datasets import DATASETS
 from ..data.multiview import MultiViewData, ViewSchema
 from ..data.ray_data import RayMultiView
 from ..data.spec import DatasetSpec, validate_spec
-from ..training import steps_per_epoch
 from .callbacks import RunCallback, run_with_callbacks
 from .prepare import PreparedData, prepare_data, read_data
 from .request import Resources, RunRequest, Storage, make_request
@@ -100,7 +99,6 @@ def worker_plan(request: RunRequest, prepared: PreparedData, run_name: str, **ex
         run_name=run_name,
         schema=prepared.schema.state(),
         n_train=prepared.n_train,
-        steps_per_epoch=steps_per_epoch(prepared.n_train, request.train.batch_size, request.resources.num_workers),
         has_validation="val" in prepared.datasets,
         imputer=dict(prepared.imputer),
         source=prepared.source,
@@ -174,7 +172,7 @@ def _fit(request: RunRequest, prepared: PreparedData, plan: WorkerPlan, callback
         ray_train_worker,
         train_loop_config={"request": request, "plan": plan, "callbacks": callbacks},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=n,
+            num_workers=request.resources.worker_group,
             use_gpu=request.resources.use_gpu,
             resources_per_worker=dict(worker_resources) if worker_resources else None,
         ),

@@ -21,7 +21,7 @@ from ..batch import MultiViewBatch
 from ..checkpoint import CHECKPOINT_FILE, checkpoint_dict, read_checkpoint, view_infos
 from ..data.multiview import ViewSchema
 from ..data.ray_data import batch_from_tensors
-from ..training import AFTER_FIT_ROWS, TrainingLoop, epoch_seed, shuffled_chunk_batches
+from ..training import AFTER_FIT_ROWS, TrainingLoop, epoch_seed, shuffled_chunk_batches, steps_per_epoch
 from .callbacks import RunCallback
 from .prepare import validation_set_from_batches
 from .request import RunRequest
@@ -37,7 +37,6 @@ class WorkerPlan:
     run_name: str
     schema: dict  # ViewSchema.state()
     n_train: int
-    steps_per_epoch: int
     has_validation: bool
     imputer: dict  # per-view likelihoods and scalings, kept in the checkpoint
     source: dict
@@ -302,7 +301,9 @@ class WorkerRun:
     def run(self) -> None:
         val_set = self._validation_set()
         self.shard = self.env.dataset("train")
-        self.loop.run(self._batches, self.plan.steps_per_epoch, val_set, self._on_epoch, show_progress=False)
+        # from the group's size now: an elastic run may go on with fewer workers after losing a node
+        steps = steps_per_epoch(self.plan.n_train, self.cfg.batch_size, self.env.world)
+        self.loop.run(self._batches, steps, val_set, self._on_epoch, show_progress=False)
         self._after_fit()
         best = self.loop.result
         summary = {
