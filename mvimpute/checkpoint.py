@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import storage
 from .data.multiview import ViewSchema
 from .files import atomic_write
 from .models import build_model
@@ -25,9 +26,36 @@ CHECKPOINT_FILE = "model.pt"  # the file's name inside a checkpoint directory (R
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """`path` itself, or `path/model.pt` when `path` is a checkpoint directory."""
+    """`path` itself, or `path/model.pt` when `path` is a checkpoint directory. A URI (`s3://…`, a
+    checkpoint file or a folder holding `model.pt`) is fetched first (`fetch_checkpoint`)."""
+    if storage.is_uri(path):
+        return fetch_checkpoint(str(path))
     path = Path(path)
     return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
+def fetch_checkpoint(uri: str) -> Path:
+    """The checkpoint at `uri` copied to a local temporary file (read through pyarrow's filesystems,
+    like every other URI): the file itself or, for a folder, its `model.pt`. A missing object is a
+    `FileNotFoundError` naming the URI."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.filesystem(uri)
+    inner = inner.rstrip("/")
+    try:
+        kind = fs.get_file_info(inner).type
+        if kind == pafs.FileType.Directory:
+            inner = f"{inner}/{CHECKPOINT_FILE}"
+            kind = fs.get_file_info(inner).type
+    except OSError as err:
+        raise FileNotFoundError(f"no checkpoint at {uri} ({err})") from None
+    if kind != pafs.FileType.File:
+        raise FileNotFoundError(f"no checkpoint at {uri}")
+    local = Path(tempfile.mkdtemp(prefix="mvimpute-ckpt-")) / CHECKPOINT_FILE
+    pafs.copy_files(inner, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local
 
 
 def view_infos(schema: ViewSchema) -> list[ViewInfo]:
@@ -59,7 +87,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     A missing file is a `FileNotFoundError`; an empty, truncated or foreign file a `ValueError` that
     says so (torch's own message advises `weights_only=False`, wrong for a file that is not a
     checkpoint at all and unsafe for one from elsewhere)."""
-    path = checkpoint_file(path)
+    try:
+        path = checkpoint_file(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{what}: {err}") from None
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no checkpoint at {path}")
     size = path.stat().st_size

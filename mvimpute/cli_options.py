@@ -39,10 +39,22 @@ TrackingUriOpt = Annotated[
 ]
 NoTrackingOpt = Annotated[bool, typer.Option("--no-tracking", help="Run without MLflow.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and MLflow's own logs.")]
+
+
+def local_path_exists(value: str | None) -> str | None:
+    """A typer callback: a local path must exist; a URI (`s3://…`) is checked when it is read."""
+    if value is not None and "://" not in value and not Path(value).exists():
+        raise typer.BadParameter(f"path {value!r} does not exist")
+    return value
+
+
 CheckpointOpt = Annotated[
-    Path,
-    typer.Option("--checkpoint", "--model-path", exists=True, help="A checkpoint from `fit` or `train`."),
-]
+    str,
+    typer.Option(
+        "--checkpoint", "--model-path", callback=local_path_exists,
+        help="A checkpoint from `fit` or `train`: a file, a folder holding model.pt, or a URI (s3://…).",
+    ),
+]  # fmt: skip
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...", show_default="auto")]
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .cli_options import local_path_exists
 from .names import DEFAULT_MODEL_URI, MODEL_URI_ENV
 
 RETURNS = ("mean", "std", "interval", "samples")
@@ -29,9 +29,12 @@ ModelUri = Annotated[
     ),
 ]
 Checkpoint = Annotated[
-    Path | None,
-    typer.Option("--checkpoint", "--model-path", exists=True, help="A local checkpoint instead of a model URI."),
-]
+    str | None,
+    typer.Option(
+        "--checkpoint", "--model-path", callback=local_path_exists,
+        help="A checkpoint (a file, a folder holding model.pt, or s3://…) instead of a registered model.",
+    ),
+]  # fmt: skip
 TrackingUri = Annotated[
     str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI).")
 ]

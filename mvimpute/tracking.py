@@ -164,6 +164,7 @@ MODEL_CODE = (
     "names.py",
     "predictor.py",
     "registry.py",
+    "storage.py",
     "tracking.py",
     "training.py",
     "data",
