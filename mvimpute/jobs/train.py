@@ -32,7 +32,8 @@ def job_request(job: TrainJobConfig, model_params: Mapping | None = None) -> Run
         job.model_params if model_params is None else model_params,
         job.train,
         resources=Resources(
-            cluster.num_workers, cluster.use_gpu, cluster.resources_per_worker, cluster.wait_for_resources
+            cluster.num_workers, cluster.use_gpu, cluster.resources_per_worker, cluster.wait_for_resources,
+            cluster.min_workers,
         ),
         storage=Storage(
             cluster.storage_path, job.run_name, cluster.max_failures, cluster.checkpoint_every, job.resume_from
