@@ -294,7 +294,9 @@ def test_point_imputation_of_an_older_checkpoint_is_the_plug_in_with_its_sigma()
     s = torch.exp(0.5 * (-9.0 + torch.nn.functional.softplus(logvar + 9.0)))
     expected = torch.distributions.Normal(0, 1)
     lo, hi = (0 - loc) / s, (1 - loc) / s
-    mean = (1 - expected.cdf(hi)) + loc * (expected.cdf(hi) - expected.cdf(lo)) + s * (
-        expected.log_prob(lo).exp() - expected.log_prob(hi).exp()
+    mean = (
+        (1 - expected.cdf(hi))
+        + loc * (expected.cdf(hi) - expected.cdf(lo))
+        + s * (expected.log_prob(lo).exp() - expected.log_prob(hi).exp())
     )
     np.testing.assert_allclose(again.impute_mean(batch)["b"].numpy(), mean.numpy(), rtol=1e-10, atol=1e-12)
