@@ -31,6 +31,7 @@ def run_scenario(name: str, workdir: Path, env: dict, timeout: float = 900) -> d
         [sys.executable, str(HERE / "cluster_scenarios.py"), name, str(workdir)],
         cwd=workdir, env=full, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+    (workdir / f"{name}.log").write_text(f"{done.stdout}\n--- stderr ---\n{done.stderr}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0 and lines, (done.stdout[-3000:], done.stderr[-8000:])
     (workdir / f"{name}.json").write_text(lines[-1])  # what happened, for whoever reads a failure
@@ -129,3 +130,14 @@ def test_batch_from_bucket_to_bucket_on_two_nodes_and_through_a_lost_node(s3_env
         assert lost["ids_in_order"] and lost["equal"] and lost["observed_kept"], lost
     else:
         assert not lost["complete"] and lost["visible"] == [], lost
+
+
+@pytest.mark.slow
+def test_the_endpoint_on_two_nodes_loses_one(tmp_path):
+    """Two replicas on two nodes under a loopback load; one node removed, a fresh one added: no
+    request fails once the client retries once (after 0.5 s) on a connection error or a 5xx, and the app is
+    RUNNING again with two replicas and answers /healthz."""
+    got = run_scenario("endpoint", tmp_path, {})
+    assert got["requests_after_loss"] > 0, got
+    assert got["failed_after_retry"] == 0, got
+    assert got["app_status"] == "RUNNING" and got["replicas_running"] == [2] and got["healthz"] == 200, got

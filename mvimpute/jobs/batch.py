@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ class ImputeJobResult:
     missing_filled: int
     seconds: float
     model: dict
+    parts_by_node: dict = field(default_factory=dict)  # into parts with Ray: node id → parts it wrote
 
 
 class ImputeBatch:
@@ -103,26 +104,33 @@ class ImputeBatch:
 
 def write_part(predictor: Predictor, batch: pd.DataFrame, id_column: str | None, options: dict, parts: str):
     """One batch (with its `ROW` column) imputed and written to `parts/<first row>.parquet`, rows in
-    order; returns one line: the part, its first and last row, rows and entries filled."""
+    order; returns one line: the part, its first and last row, rows and entries filled, the Ray node."""
     import pyarrow.parquet as pq
 
     batch = batch.sort_values(ROW, kind="stable")
     rows = batch.pop(ROW).to_numpy()
     if not len(rows):
-        return pd.DataFrame({"part": [], "first": [], "last": [], "rows": [], "missing": [], "error": []})
+        return pd.DataFrame({"part": [], "first": [], "last": [], "rows": [], "missing": [], "error": [], "node": []})
     try:
         out = impute_frame(predictor, batch.reset_index(drop=True), id_column, **options)
     except ValueError as err:
         # handed to the driver as data: it stops the job cleanly (a raising actor can be left holding its CPU)
         return pd.DataFrame({"part": [""], "first": [int(rows[0])], "last": [int(rows[-1])], "rows": [0],
-                             "missing": [0], "error": [str(err)]})  # fmt: skip
+                             "missing": [0], "error": [str(err)], "node": [_node_id()]})  # fmt: skip
     out[ROW] = rows
     name = f"{int(rows[0]):012d}.parquet"
     fs, inner = storage.filesystem(storage.join(parts, name))
     pq.write_table(pa.Table.from_pandas(out, preserve_index=False), inner, filesystem=fs)
     missing = int(_n_missing(batch, predictor, id_column))
     return pd.DataFrame({"part": [name], "first": [int(rows[0])], "last": [int(rows[-1])], "rows": [len(rows)],
-                         "missing": [missing], "error": [""]})  # fmt: skip
+                         "missing": [missing], "error": [""], "node": [_node_id()]})  # fmt: skip
+
+
+def _node_id() -> str:
+    """The Ray node this runs on ("" outside Ray): each part's line says where it was imputed."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def impute_frame(predictor: Predictor, frame: pd.DataFrame, id_column: str | None = None, **options) -> pd.DataFrame:
@@ -293,12 +301,12 @@ def impute_table(
     plan = BatchPlan(input, in_fmt, output, out_fmt, blob, id_column, _options(outputs, n_samples, level),
                      num_workers, use_gpu, num_cpus, batch_size)  # fmt: skip
     run = _impute_into_parts if out_fmt == "parts" else _impute_into_file
-    rows, missing = run(plan, predictor, engine)
+    rows, missing, nodes = run(plan, predictor, engine)
     target = output if storage.is_uri(output) else Path(output)
-    return ImputeJobResult(target, rows, missing, time.perf_counter() - t0, dict(predictor.info))
+    return ImputeJobResult(target, rows, missing, time.perf_counter() - t0, dict(predictor.info), nodes)
 
 
-def _impute_into_file(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int]:
+def _impute_into_file(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int, dict]:
     """One Parquet or CSV file, written by the driver in input order and renamed into place."""
     writer = TableWriter(plan.output)
     missing, ok = 0, False
@@ -319,7 +327,7 @@ def _impute_into_file(plan: BatchPlan, predictor: Predictor, engine: str) -> tup
         ok = True
     finally:
         writer.close(ok)
-    return writer.rows, missing
+    return writer.rows, missing, {}
 
 
 class _user_errors:
@@ -385,6 +393,9 @@ def _imputed(plan: BatchPlan, ds, parts: str | None = None):
     import ray
 
     resources = {"num_gpus": 1} if plan.use_gpu else {"num_cpus": plan.num_cpus}
+    # Ray Data hands the pool whole blocks: a table read as one block (one Parquet row group) would go
+    # to one actor. Cut into blocks of a batch each (streaming, in order), so every actor gets work.
+    ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
     return ds.map_batches(
         ImputeBatch,
         fn_constructor_kwargs={
@@ -453,7 +464,7 @@ def check_parts_target(output: str) -> None:
         raise InputError(("output",), f"{output!r} already holds a table: give a new folder", what=None)
 
 
-def _impute_into_parts(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int]:
+def _impute_into_parts(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int, dict]:
     """Parts written beside the output (`_temporary/<job>/`, which readers skip), then published; on
     any failure the staged parts are removed and nothing appears at the output. Only one line per
     part reaches the driver."""
@@ -474,7 +485,8 @@ def _impute_into_parts(plan: BatchPlan, predictor: Predictor, engine: str) -> tu
     except BaseException:
         _remove(storage.join(plan.output, "_temporary"))
         raise
-    return rows, int(lines["missing"].sum()) if len(lines) else 0
+    nodes = lines["node"].value_counts().to_dict() if engine == "ray" and len(lines) else {}
+    return rows, int(lines["missing"].sum()) if len(lines) else 0, {str(k): int(v) for k, v in nodes.items()}
 
 
 def _check_room(plan: BatchPlan) -> None:
