@@ -71,6 +71,7 @@ def checkpoint_dict(model: ImputationModel, schema: ViewSchema, train_config=Non
         "train_config": asdict(train_config) if train_config is not None else None,
         "schema": schema.state(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training_rows": model.training_rows_held(),  # None, or what of the training data the state holds (KNN)
         **(extra or {}),
     }
 

@@ -15,7 +15,7 @@ from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
 from .models import MODEL_REGISTRY
-from .models.base import config_from_kwargs
+from .models.base import config_from_kwargs, module_device
 from .training import (
     AFTER_FIT_ROWS,
     TrainConfig,
@@ -134,7 +134,7 @@ class MultiViewImputer:
         return data, self.schema_.to_batch(data)
 
     def _device(self) -> torch.device:
-        return next(self.model_.parameters()).device
+        return module_device(self.model_)
 
     # -- imputation
     @torch.no_grad()

@@ -111,7 +111,9 @@ def score(
             out["energy_score"] = energy_score_rows(draws, truth, hidden)
     model = getattr(imputer, "model_", None)
     if model is not None:
-        device = next(model.parameters()).device
+        from .models.base import module_device
+
+        device = module_device(model)
         truth_batch = imputer.schema_.to_batch(imputer.schema_.check(truth)).to(device)
         if hasattr(model, "active_units"):
             au = model.active_units(truth_batch)

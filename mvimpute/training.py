@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -170,7 +170,12 @@ class TrainingLoop:
         self.model, self.config, self.device = model, config, device
         self.reduce_metrics = reduce_metrics
         self.module: ImputationModel = getattr(model, "module", model)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # a one-pass model (a classic imputer, fitted by `after_fit`) has no parameters and runs no epochs
+        self.optimizer = (
+            None
+            if self.module.one_pass
+            else torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        )
         self.result = TrainResult()
         self.best_state: dict | None = None
         self.epoch = 0
@@ -179,7 +184,7 @@ class TrainingLoop:
 
     def state_dict(self) -> dict:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "epoch": self.epoch,
             "bad_epochs": self.bad_epochs,
             "best_epoch": self.result.best_epoch,
@@ -189,7 +194,8 @@ class TrainingLoop:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.bad_epochs = state["epoch"], state["bad_epochs"]
         self.result = TrainResult(list(state["history"]), state["best_epoch"], state["best_score"])
         self.best_state = state["best_state"]
@@ -230,7 +236,7 @@ class TrainingLoop:
         show = cfg.progress if show_progress is None else show_progress
         val = validation.to(self.device) if validation is not None else None
         bar = tqdm(
-            range(self.epoch, cfg.epochs),
+            range(self.epoch, 0 if self.module.one_pass else cfg.epochs),
             initial=self.epoch,
             total=cfg.epochs,
             disable=not show,
@@ -388,6 +394,7 @@ def settings_for(
     cfg = train_config({"progress": False, **train} if isinstance(train, Mapping) else train)
     if n_samples is not None:
         extra_model, extra_train = size_defaults(model, n_samples, frozenset(given))
-        model_params = {**model_params, **extra_model}
+        known = {f.name for f in fields(MODEL_REGISTRY[model].config_class)}  # a classic model has no widths
+        model_params = {**model_params, **{k: v for k, v in extra_model.items() if k in known}}
         cfg = replace(cfg, **extra_train)
     return config_from_kwargs(MODEL_REGISTRY[model].config_class, model_params, model), cfg

@@ -1,6 +1,6 @@
 """Models: one file each, one registry. Importing this package registers them all."""
 
-from . import jpvae, tae, vae  # noqa: F401  (register "jpvae", "tae", "mvae", "miwae")
+from . import classic, jpvae, tae, vae  # noqa: F401  (register "jpvae", "tae", "mvae", "miwae", "mean", "knn", "mice")
 from .base import (
     MODEL_REGISTRY,
     ImputationModel,

@@ -58,6 +58,7 @@ class ImputationModel(nn.Module):
 
     name: str = ""
     config_class: type = object
+    one_pass: bool = False  # fitted by `after_fit` in one pass over the training data: no parameters, no epochs
 
     def __init__(self, views: list[ViewInfo], config) -> None:
         super().__init__()
@@ -98,6 +99,10 @@ class ImputationModel(nn.Module):
         if pending is not None:
             sets, n_samples = pending
             self.calibrate(sets, n_samples)
+
+    def training_rows_held(self) -> dict | None:
+        """What of the training data the model's state holds ({"rows", "columns", "bytes"}), or None."""
+        return None
 
     @staticmethod
     def view_missing(batch: MultiViewBatch) -> dict[str, torch.Tensor]:
@@ -156,6 +161,13 @@ class ImputationModel(nn.Module):
     def keep_observed(batch: MultiViewBatch, filled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Put the observed values back; works on (n, d) and (S, n, d) tensors."""
         return {v: torch.where(batch.masks[v].bool(), batch.values[v], x) for v, x in filled.items()}
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a model's parameters (or, for a model without any, its buffers) are."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 MODEL_REGISTRY: dict[str, type[ImputationModel]] = {}
