@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from ray import serve
 
-from .predictor import InputError, InstanceRequest, Predictor
+from .predictor import InputError, InstanceRequest, Predictor, max_training_rows
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,6 +45,9 @@ class AppArgs(BaseModel):
     max_n_samples: int = Field(1000, ge=2, description="the most posterior draws one request may ask for")
     max_instances: int = Field(1000, ge=1, description="the most instances in one request")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="a larger request body is refused (413)")
+    max_training_rows: int | None = Field(
+        None, ge=1, description="refuse a model holding more training rows (KNN); default $MVIMPUTE_MAX_TRAINING_ROWS"
+    )
     reload_interval_s: float = Field(30.0, ge=0, description="registry poll for a moved alias; 0: never")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -158,6 +161,13 @@ async def _validation_error(request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def load_predictor(a: AppArgs) -> Predictor:
+    """The predictor a replica serves; a model holding more training rows than allowed is refused."""
+    return Predictor.load(
+        a.checkpoint, a.model_uri, a.tracking_uri, device=a.device, max_training_rows=a.max_training_rows
+    )
+
+
 @serve.deployment
 @serve.ingress(api)
 class Imputer:
@@ -166,7 +176,7 @@ class Imputer:
     def __init__(self, args: dict) -> None:
         self.args = a = AppArgs(**args)
         api.state.max_body_bytes = a.max_body_bytes
-        self.predictor = self._stamped(Predictor.load(a.checkpoint, a.model_uri, a.tracking_uri, device=a.device))
+        self.predictor = self._stamped(load_predictor(a))
         # one thread runs the model: the event loop keeps accepting (and batching) requests meanwhile
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvimpute-predict")
         self._impute_batched.set_max_batch_size(self.args.max_batch_size)
@@ -255,6 +265,7 @@ class Imputer:
                 "max_instances": a.max_instances,
                 "max_body_bytes": a.max_body_bytes,
                 "reload_interval_s": a.reload_interval_s if self.predictor.follows_alias else None,
+                "max_training_rows": max_training_rows(a.max_training_rows),
             },
         }
 

@@ -31,7 +31,36 @@ from .imputer import MultiViewImputer
 from .names import DEFAULT_MODEL_URI, MODEL_URI_ENV
 
 OUTPUTS = ("mean", "std", "interval", "quantiles", "samples")
+MAX_TRAINING_ROWS = 100_000  # the most training rows a served model may hold (KNN), unless set otherwise
+MAX_TRAINING_ROWS_ENV = "MVIMPUTE_MAX_TRAINING_ROWS"
 DRAW_OUTPUTS = frozenset({"std", "interval", "quantiles", "samples"})
+
+
+def max_training_rows(limit: int | None = None) -> int:
+    """`limit`, else `MVIMPUTE_MAX_TRAINING_ROWS`, else `MAX_TRAINING_ROWS`."""
+    if limit is None:
+        raw = os.environ.get(MAX_TRAINING_ROWS_ENV)
+        try:
+            limit = int(raw) if raw else MAX_TRAINING_ROWS
+        except ValueError:
+            raise ValueError(f"{MAX_TRAINING_ROWS_ENV}={raw!r} is not a whole number of rows") from None
+    if limit < 1:
+        raise ValueError(f"the training-rows limit must be >= 1, got {limit}")
+    return limit
+
+
+def check_training_rows(imputer, limit: int | None = None) -> None:
+    """A `ValueError` naming the size and the limit when the model holds more training rows than
+    `max_training_rows(limit)` (a KNN model's state is its training rows: memory and time per
+    request grow with them)."""
+    held = imputer.model_.training_rows_held()
+    limit = max_training_rows(limit)
+    if held is not None and held["rows"] > limit:
+        raise ValueError(
+            f"model {imputer.model_name!r} holds {held['rows']:,} training rows × {held['columns']} columns "
+            f"({held['bytes'] / 2**20:.1f} MiB) in its checkpoint; serving it is refused above {limit:,} rows "
+            f"(max_training_rows, or {MAX_TRAINING_ROWS_ENV})"
+        )
 
 
 def default_model_uri(model_uri: str | None = None) -> str:
@@ -176,28 +205,39 @@ class Predictor:
     """Imputations from one trained model: mean, and on request per-entry std, central intervals,
     quantiles and draws. `info` describes where the model came from (name, version, alias, URI)."""
 
-    def __init__(self, imputer: MultiViewImputer, info: Mapping | None = None) -> None:
+    def __init__(
+        self, imputer: MultiViewImputer, info: Mapping | None = None, max_training_rows: int | None = None
+    ) -> None:
         imputer._check_fitted()
+        check_training_rows(imputer, max_training_rows)
+        self.max_training_rows = max_training_rows
         self.imputer = imputer
         self.info = dict(info or {})
         self._origin: tuple | None = None  # (model URI, tracking URI, device) when loaded from the registry
 
     # -- loading
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", info: Mapping | None = None) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", info: Mapping | None = None, max_training_rows: int | None = None
+    ) -> Predictor:
+        """`max_training_rows`: refuse a model holding more training rows (default: `max_training_rows()`)."""
         imp = MultiViewImputer.load(path, device=device)
-        return cls(imp, {"checkpoint": str(path), **(info or {})})
+        return cls(imp, {"checkpoint": str(path), **(info or {})}, max_training_rows)
 
     @classmethod
     def from_model_uri(
-        cls, model_uri: str | None = None, tracking_uri: str | None = None, device: str = "auto"
+        cls,
+        model_uri: str | None = None,
+        tracking_uri: str | None = None,
+        device: str = "auto",
+        max_training_rows: int | None = None,
     ) -> Predictor:
         """A logged or registered mvimpute model (`models:/name@alias`, `models:/name/3`, `runs:/…/model`)."""
         from . import registry
 
         uri = default_model_uri(model_uri)
         path, info = registry.fetch_checkpoint(uri, tracking_uri)
-        predictor = cls.from_checkpoint(path, device=device, info=info)
+        predictor = cls.from_checkpoint(path, device=device, info=info, max_training_rows=max_training_rows)
         predictor._origin = (uri, tracking_uri, device)
         return predictor
 
@@ -208,13 +248,14 @@ class Predictor:
         model_uri: str | None = None,
         tracking_uri: str | None = None,
         device: str = "auto",
+        max_training_rows: int | None = None,
     ) -> Predictor:
         """From `checkpoint` when given, else from `model_uri` (default: `MVIMPUTE_MODEL_URI`, else the champion)."""
         if checkpoint is not None and model_uri is not None:
             raise ValueError("give a checkpoint or a model URI, not both")
         if checkpoint is not None:
-            return cls.from_checkpoint(checkpoint, device=device)
-        return cls.from_model_uri(model_uri, tracking_uri, device=device)
+            return cls.from_checkpoint(checkpoint, device=device, max_training_rows=max_training_rows)
+        return cls.from_model_uri(model_uri, tracking_uri, device=device, max_training_rows=max_training_rows)
 
     @property
     def follows_alias(self) -> bool:
@@ -235,7 +276,7 @@ class Predictor:
         now = registry.model_version(uri, tracking_uri).get("version")
         if now is None or now == self.info.get("version"):
             return None
-        return type(self).from_model_uri(uri, tracking_uri, device=device)
+        return type(self).from_model_uri(uri, tracking_uri, device=device, max_training_rows=self.max_training_rows)
 
     # -- what the model expects
     @property
@@ -266,6 +307,7 @@ class Predictor:
                 for v, cs in self.schema.columns.items()
             },
             "calibration": self.calibration(),
+            "training_rows": imp.model_.training_rows_held(),
         }
 
     def calibration(self) -> dict | None:
@@ -451,5 +493,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "central_interval",
+    "check_training_rows",
     "default_model_uri",
+    "max_training_rows",
 ]
