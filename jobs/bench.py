@@ -132,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--batch-size", type=int, default=4096)
     bt.add_argument("--checkpoint", default=None)
     bt.add_argument("--out", default="outputs/bench")
+    ct = sub.add_parser("cluster-train", help="local 3-node cluster + S3: 1 vs 2 workers s/epoch; a lost node's cost")
+    ct.add_argument("--rows", type=int, default=20_000)
+    ct.add_argument("--epochs", type=int, default=4)
+    ct.add_argument("--repeats", type=int, default=3)
+    ct.add_argument("--out", default="outputs/bench")
+    cb = sub.add_parser("cluster-batch", help="bucket-to-bucket batch imputation: in-process vs 1 vs 2 actors, rows/s")
+    cb.add_argument("--rows", type=int, default=100_000)
+    cb.add_argument("--repeats", type=int, default=3)
+    cb.add_argument("--batch-size", type=int, default=4096)
+    cb.add_argument("--out", default="outputs/bench")
+    dm = sub.add_parser("batch-driver-memory", help="the batch driver's peak RSS as the rows grow (bucket to bucket)")
+    dm.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    dm.add_argument("--batch-size", type=int, default=4096)
+    dm.add_argument("--out", default="outputs/bench")
     return p
 
 
@@ -139,6 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.bench == "cli-startup":
         cli_startup(args.repeats)
+        return
+    if args.bench in ("cluster-train", "cluster-batch", "batch-driver-memory"):
+        import bench_cluster as bc  # beside this file
+
+        if args.bench == "cluster-train":
+            bc.cluster_train(args.rows, args.epochs, args.repeats, args.out)
+        elif args.bench == "cluster-batch":
+            bc.cluster_batch(args.rows, args.repeats, args.batch_size, args.out)
+        else:
+            bc.batch_driver_memory(tuple(args.sizes), args.batch_size, args.out)
         return
     if args.bench == "tune-trial-cost":
         benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out, args.local_trials)

@@ -5,8 +5,8 @@ what happened; the tests assert on it.
 
     python tests/cluster_scenarios.py SCENARIO WORKDIR    # AWS_* point at an S3 server, TMPDIR private
 
-The caller gives the process a private TMPDIR: `Cluster` writes its address to `$TMPDIR/ray/
-ray_current_cluster`, which a later `ray.init()` elsewhere would otherwise connect to.
+The cluster and the bucket helpers are jobs/local_cluster.py's (a private Ray temp folder, so no
+other `ray.init()` on the machine finds this cluster).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,38 +26,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+from local_cluster import create_bucket, free_port, local_cluster  # noqa: E402  (jobs/, beside the package)
+
 BUCKET = "mvimpute-cluster"
-# a lost node is noticed in about 3 s, not the default ~30
-SYSTEM = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-
-
-@contextmanager
-def local_cluster(trainer_nodes: int, head_cpus: int = 1):
-    """A head (1 CPU, for the driver's and Ray Data's tasks) and `trainer_nodes` nodes of 1 CPU and one
-    `trainer` resource each (so that one worker sits on each); shut down whatever happens."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "_system_config": SYSTEM})
-    try:
-        nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(trainer_nodes)]
-        ray.init(address=cluster.address, log_to_driver=False)
-        yield cluster, nodes
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def s3_spec(workdir: Path, rows: int | None = None) -> Path:
     """digits-halves as two per-view Parquet tables in the bucket, and a spec that names them by URI."""
-    import boto3
-
     import mvimpute as mvi
     from mvimpute import storage
 
-    s3 = boto3.client("s3")
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
+    create_bucket(BUCKET)
     data = mvi.load_dataset("digits-halves")
     n = rows or data.n_samples
     views = {}
@@ -262,7 +241,6 @@ def _imputer_actors() -> list[dict]:
 def batch(workdir: Path) -> dict:
     """A wide table in the bucket imputed into the bucket by two actors on two nodes, compared with the
     in-process result; then again with the node of one actor removed while the job runs."""
-    import boto3
     import pyarrow.fs as pafs
 
     import mvimpute as mvi
@@ -279,9 +257,7 @@ def batch(workdir: Path) -> dict:
     top = [c for c in big.columns if c.startswith("top:")]
     big.loc[rng.random(len(big)) < 0.5, top] = np.nan
     big.insert(0, "sample_id", [f"s{i}" for i in range(len(big))])
-    s3 = boto3.client("s3")
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
+    create_bucket(BUCKET)
     fs, _ = storage.filesystem(f"s3://{BUCKET}")
     pq.write_table(pa.Table.from_pandas(big, preserve_index=False), f"{BUCKET}/wide/in.parquet", filesystem=fs)
     src = f"s3://{BUCKET}/wide/in.parquet"
@@ -376,7 +352,7 @@ def endpoint(workdir: Path) -> dict:
     ckpt = workdir / "model.pt"
     imp.save(ckpt)
     body = json.dumps({"instances": [{"top": [float(x) for x in data.views["top"][0]], "bottom": None}]}).encode()
-    port = int(os.environ.get("MVIMPUTE_TEST_PORT", "0")) or _free_port()
+    port = int(os.environ.get("MVIMPUTE_TEST_PORT", "0")) or free_port()
     url = f"http://127.0.0.1:{port}"
 
     def call(path: str = "/impute") -> int:
@@ -442,14 +418,6 @@ def endpoint(workdir: Path) -> dict:
         "added": added.node_id,
         "removed_at_s": round(removed_at, 1),
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SCENARIOS = {"train": train, "sweep": sweep, "batch": batch, "endpoint": endpoint}

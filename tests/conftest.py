@@ -1,9 +1,4 @@
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,37 +27,15 @@ def ray_session(s3_server):  # noqa: ARG001  (its variables must be set before R
         ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _local_cluster_module():
+    """jobs/local_cluster.py (beside the package, not in it), loaded by path."""
+    import importlib.util
 
-
-def _start_moto(root: Path):
-    """moto's S3 server on 127.0.0.1, and the standard AWS variables that point at it; None without moto."""
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        return None, None
-    port = _free_port()
-    log = root / "moto.log"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                pytest.fail(f"moto's S3 server did not come up: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
-    env = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    return proc, env
+    path = Path(__file__).resolve().parents[1] / "jobs" / "local_cluster.py"
+    spec = importlib.util.spec_from_file_location("local_cluster", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -70,7 +43,10 @@ def s3_server(tmp_path_factory):
     """One S3 server (moto) for the session, its variables in this process's environment — set before
     any test starts Ray (a command under test may start it too), so that Ray's workers read and write
     the same bucket. None where moto is missing."""
-    proc, env = _start_moto(tmp_path_factory.mktemp("s3"))
+    try:
+        proc, env = _local_cluster_module().start_s3(tmp_path_factory.mktemp("s3"))
+    except RuntimeError as err:
+        pytest.fail(str(err))
     if env is not None:
         os.environ.update(env)
     yield env
