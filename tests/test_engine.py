@@ -154,3 +154,15 @@ def test_a_run_run_again_resumes_from_a_checkpoint_ray_never_registered(ray_sess
     second = train_distributed(data, "jpvae", params, {"epochs": 3}, **options)
     assert [h["epoch"] for h in second.history] == [1, 2, 3]
     assert second.history[:2] == first.history and second.attempts == [0, 2]
+
+
+def test_a_trial_checkpoint_in_a_bucket_is_named_by_its_uri():
+    """Ray names a checkpoint in object storage by its path inside the bucket; the registry must get a URI."""
+    from mvimpute.engine.search import checkpoint_uri
+
+    assert checkpoint_uri("lab/sweeps/s/t1/checkpoint_000003", "s3://lab/sweeps") == "s3://lab/sweeps/s/t1/checkpoint_000003"
+    assert checkpoint_uri("s3://lab/a/checkpoint_1", "s3://lab") == "s3://lab/a/checkpoint_1"
+    assert checkpoint_uri("/home/u/ray_results/s/t1/checkpoint_1", "/home/u/ray_results") == (
+        "/home/u/ray_results/s/t1/checkpoint_1"
+    )
+    assert checkpoint_uri(None, "s3://lab") is None

@@ -260,9 +260,17 @@ def _flat(config: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def results_table(grid, swept: Sequence[str]):
+def checkpoint_uri(path: str | None, storage: str) -> str | None:
+    """A trial's checkpoint as the registry must read it: Ray names a checkpoint in object storage by
+    its path inside the bucket (`bucket/sweep/trial/checkpoint_…`), without the scheme."""
+    if path is None or "://" in str(path) or "://" not in storage:
+        return path
+    return f"{storage.split('://', 1)[0]}://{str(path).lstrip('/')}"
+
+
+def results_table(grid, swept: Sequence[str], storage: str = ""):
     """One row per trial: its sampled values, score, best epoch, epochs run, completed (ran to the end and
-    saved its final model) or stopped early, and its final checkpoint."""
+    saved its final model) or stopped early, and its final checkpoint (a URI where `storage` is one)."""
     import pandas as pd
 
     rows = []
@@ -280,7 +288,8 @@ def results_table(grid, swept: Sequence[str]):
                 "completed": completed,
                 "error": None if r.error is None else type(r.error).__name__,
                 # a Ray Train run's checkpoint reaches Tune as a metric; a local trial's is Tune's own
-                "checkpoint": (m.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint else None))
+                "checkpoint": checkpoint_uri(m.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint else None),
+                                             storage)
                 if completed
                 else None,
             }
@@ -458,7 +467,7 @@ def run_search(
             ),
         )
     grid = tuner.fit()
-    table = results_table(grid, st.space.swept())
+    table = results_table(grid, st.space.swept(), st.storage)
     done = table[table["completed"]] if len(table) else table
     best = done.loc[done["score"].idxmin()] if len(done) else None
     table["champion"] = table["trial_id"] == (best["trial_id"] if best is not None else None)
