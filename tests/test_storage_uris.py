@@ -74,3 +74,42 @@ def test_the_cli_takes_a_checkpoint_uri_and_refuses_a_missing_local_path(saved, 
          "digits-halves"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert local.returncode == 2 and "does not exist" in local.stderr, local.stderr
+
+
+def _spec(tmp_path, views: dict) -> str:
+    import yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"id_column": "sample_id", "views": views}, sort_keys=False))
+    return str(path)
+
+
+def test_a_spec_reads_bucket_files_and_folders_and_names_what_is_missing(saved, tmp_path, ray_session):
+    import pandas as pd
+
+    from mvimpute import storage
+    from mvimpute.data.ray_data import read_spec
+    from mvimpute.data.spec import validate_spec
+
+    data = saved[0]
+    for v in data.view_names:
+        frame = pd.DataFrame(data.views[v], columns=data.columns[v])
+        frame.insert(0, "sample_id", [str(i) for i in range(len(frame))])
+        for k, rows in enumerate((slice(0, 900), slice(900, None))):  # a folder of two parts
+            fs, inner = storage.filesystem(f"s3://{BUCKET}/spec/{v}/part-{k}.parquet")
+            with fs.open_output_stream(inner) as out:
+                frame.iloc[rows].to_parquet(out, index=False)
+    resolved = validate_spec(_spec(tmp_path, {v: {"path": f"s3://{BUCKET}/spec/{v}/"} for v in data.view_names}))
+    assert [len(resolved.views[v].files) for v in data.view_names] == [2, 2]
+    got = read_spec(_spec(tmp_path, {v: {"path": f"s3://{BUCKET}/spec/{v}"} for v in data.view_names})).to_multiview()
+    rows = np.asarray(got.index).astype(int)  # the per-view tables joined on the id: rows in the join's order
+    for v in data.view_names:
+        np.testing.assert_array_equal(got.views[v], data.views[v][rows])
+
+    with pytest.raises(ValueError, match=f"no such object or folder 's3://{BUCKET}/spec/nothing.parquet'"):
+        validate_spec(_spec(tmp_path, {"top": {"path": f"s3://{BUCKET}/spec/nothing.parquet"}, "bottom":
+                                        {"path": f"s3://{BUCKET}/spec/bottom/"}}))  # fmt: skip
+    storage.write_text(f"s3://{BUCKET}/spec/a.h5ad", "not read")
+    with pytest.raises(ValueError, match="local disk only"):
+        validate_spec(_spec(tmp_path, {"top": {"path": f"s3://{BUCKET}/spec/a.h5ad"}, "bottom":
+                                        {"path": f"s3://{BUCKET}/spec/bottom/"}}))  # fmt: skip

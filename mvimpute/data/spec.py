@@ -252,7 +252,7 @@ def _files(paths: str | list[str], base_dir: str | None, fmt: str | None, what: 
     out: list[str] = []
     for p in [paths] if isinstance(paths, str) else list(paths):
         if _is_uri(p):
-            out.append(p)
+            out += _uri_files(p, fmt, what)
             continue
         full = Path(p) if Path(p).is_absolute() or base_dir is None else Path(base_dir) / p
         if any(ch in p for ch in "*?["):
@@ -277,6 +277,42 @@ def _numeric(t) -> bool:
     import pyarrow as pa
 
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+
+
+def _uri_files(uri: str, fmt: str | None, what: str) -> list[str]:
+    """A URI's file, or the table files under a URI folder (prefix), checked now: a missing object or
+    bucket, or a server that cannot be reached, is a `ValueError` naming the URI before any worker starts."""
+    import pyarrow.fs as pafs
+
+    from .. import storage
+
+    fs, inner = storage.filesystem(uri)
+    scheme = uri.split("://", 1)[0]
+    try:
+        info = fs.get_file_info(inner.rstrip("/"))
+        if info.type == pafs.FileType.File:
+            return [uri]
+        if info.type == pafs.FileType.Directory:
+            wanted = {k for k, f in _SUFFIXES.items() if fmt is None or f == fmt}
+            found = fs.get_file_info(pafs.FileSelector(inner.rstrip("/")))
+            hits = sorted(
+                f"{scheme}://{i.path}" for i in found
+                if i.type == pafs.FileType.File and Path(i.path).suffix.lower() in wanted
+            )  # fmt: skip
+            if hits:
+                return hits
+            raise ValueError(f"{what}: {uri!r} holds no {fmt or 'parquet/csv/h5ad'} file")
+    except OSError as err:
+        raise ValueError(f"{what}: cannot reach {uri!r}: {err}") from None
+    raise ValueError(f"{what}: no such object or folder {uri!r}")
+
+
+def _local_only(path: str, what: str) -> None:
+    if _is_uri(path):
+        raise ValueError(
+            f"{what}: {path!r}: AnnData/MuData files are read from a local disk only (their reader needs a "
+            "file, not an object store); copy the file to the machine first"
+        )
 
 
 def read_file_schema(path: str, fmt: str, what: str):
@@ -343,6 +379,7 @@ def validate_spec(spec: str | Path | Mapping | DatasetSpec) -> ResolvedSpec:
         if fmt == "h5ad":
             if len(files) != 1:
                 raise ValueError(f"{what}: an h5ad view is one file, got {len(files)}: {files[:3]}")
+            _local_only(files[0], what)
             src = omics.inspect(files[0], "", vs.layer, what, "h5ad")
             cols = _anndata_columns(src, vs, idc, what)
             views[v] = ViewSource(v, files, fmt, cols, vs.likelihood, vs.scaling, src)
@@ -378,6 +415,7 @@ def _validate_mudata(spec: DatasetSpec) -> ResolvedSpec:
     if len(files) != 1:
         raise ValueError(f"mudata: one .h5mu file, got {len(files)}: {files[:3]}")
     path = files[0]
+    _local_only(path, "mudata")
     mods = omics.modalities(path, "mudata")
     views: dict[str, ViewSource] = {}
     for v, vs in spec.views.items():
