@@ -127,6 +127,23 @@ class OnePassModel(ImputationModel):
     def _finish(self, batch: MultiViewBatch, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.keep_observed(batch, self.split(x))
 
+    def beyond_bounds(self, x: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+        """Draws of observed values (S, n, D) with each `bounded` column's draws on a bound replaced by
+        latent values beyond it, uniform within `spread` (D,) of the bound: clamped, they are the draws
+        again. A value on a bound is a censored record of any latent value past it; without these, the
+        many draws and truths exactly on a bound tie the conformal scores at 1 (docs/calibration.md),
+        and on digits-halves the column mean's and KNN's calibrated 90 % intervals covered 0.97–0.98."""
+        bounded = torch.as_tensor(
+            [lik == "bounded" for lik, d in zip(self.likelihoods, self.dims, strict=True) for _ in range(d)],
+            device=x.device,
+        )
+        if not bool(bounded.any()):
+            return x
+        lo, hi = lk.BOUNDS
+        u = torch.rand_like(x) * spread
+        x = torch.where(bounded & (x <= lo), lo - u, x)
+        return torch.where(bounded & (x >= hi), hi + u, x)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # the buffers' sizes follow the training data (rows held, predictors per regression): take the
         # stored shapes before the copy
@@ -141,6 +158,10 @@ def _column_mean(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (y * m).sum(0) / m.sum(0).clamp_min(1)
 
 
+def _column_sd(y: torch.Tensor, m: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    return (((y - mean) * m).square().sum(0) / m.sum(0).clamp_min(1)).sqrt()
+
+
 @register_model("mean")
 class ColumnMean(OnePassModel):
     """Column mean of the observed training entries; draws from the column's empirical distribution."""
@@ -152,11 +173,13 @@ class ColumnMean(OnePassModel):
         d, q = self.data_dim, self.config.quantiles
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("atoms", torch.zeros(q, d))  # the column's observed values at levels (i + ½)/q
+        self.register_buffer("spread", torch.ones(d))  # the column's standard deviation (latent values past a bound)
 
     def fit_rows(self, y: torch.Tensor, m: torch.Tensor) -> None:
         q = self.config.quantiles
         levels = (torch.arange(q, dtype=torch.float64) + 0.5) / q
         self.mean.copy_(_column_mean(y, m))
+        self.spread.copy_(_column_sd(y, m, self.mean))
         for j in range(y.shape[1]):
             col = torch.sort(y[m[:, j], j]).values
             # the inverted-CDF quantile: the smallest observed value whose ECDF reaches the level, so an
@@ -170,7 +193,7 @@ class ColumnMean(OnePassModel):
         q, d = self.atoms.shape
         pick = torch.randint(q, (n_samples, len(batch), d), device=self.atoms.device)
         x = self.atoms.T.reshape(-1)[torch.arange(d, device=pick.device) * q + pick]
-        return self._finish(batch, x)
+        return self._finish(batch, x if censored else self.beyond_bounds(x, self.spread))
 
     @torch.no_grad()
     def impute_mean(self, batch: MultiViewBatch) -> dict[str, torch.Tensor]:
@@ -190,10 +213,12 @@ class KNN(OnePassModel):
         self.register_buffer("rows", torch.zeros(0, d))  # the training rows (missing → 0)
         self.register_buffer("rows_observed", torch.zeros(0, d, dtype=torch.bool))
         self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("spread", torch.ones(d))  # the column's standard deviation (latent values past a bound)
 
     def fit_rows(self, y: torch.Tensor, m: torch.Tensor) -> None:
         self.rows, self.rows_observed = y.clone(), m.clone()
         self.mean.copy_(_column_mean(y, m))
+        self.spread.copy_(_column_sd(y, m, self.mean))
 
     def training_rows_held(self) -> dict:
         n, d = self.rows.shape
@@ -288,7 +313,7 @@ class KNN(OnePassModel):
                 pool = self.rows[self.rows_observed[:, j], j]
                 r = torch.nonzero(none[:, j]).flatten()
                 x[:, r, j] = pool[torch.randint(len(pool), (n_samples, len(r)), device=pool.device)]
-        return self._finish(batch, x)
+        return self._finish(batch, x if censored else self.beyond_bounds(x, self.spread))
 
 
 @register_model("mice")
