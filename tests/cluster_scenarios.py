@@ -178,10 +178,28 @@ def mlflow_trials(tracking_uri: str, experiment: str) -> list[dict]:
     return [{"trial": r.data.tags["mvimpute.trial_id"], "status": r.info.status} for r in runs]
 
 
+def stored_trial_states(uri: str) -> dict[str, str]:
+    """The trial statuses in the newest search state Tune has stored under `uri` (its sweep folder)."""
+    import pyarrow.fs as pafs
+
+    from mvimpute import storage
+
+    fs, inner = storage.filesystem(uri)
+    found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    states = sorted(i.path for i in found if i.base_name.startswith("experiment_state-") and i.path.endswith(".json"))
+    if not states:
+        return {}
+    with fs.open_input_stream(states[-1]) as f:
+        runner = json.loads(f.read())
+    trials = [json.loads(entry[0]) for entry in runner.get("trial_data", [])]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
 def sweep(workdir: Path) -> dict:
     """A sweep's driver (`mvimpute tune`, a process of its own, attached to the cluster) killed once
-    two trials have finished; a new driver in a fresh working folder continues it with
-    `--resume --name`. The sweep's state and trials live in the bucket."""
+    two trials have finished and the search state in the bucket records one of them as ended; a new
+    driver in a fresh working folder continues it with `--resume --name`. The sweep's state and
+    trials live in the bucket."""
     spec = s3_spec(workdir, rows=600)
     exe = str(Path(sys.executable).parent / "mvimpute")
     args = [
@@ -199,15 +217,20 @@ def sweep(workdir: Path) -> dict:
         driver = subprocess.Popen([exe, "tune", *args], cwd=first_dir, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 600
+        stored: dict = {}
         while time.monotonic() < deadline and driver.poll() is None:
+            # two trials finished, one of them already recorded so in the search state in the bucket
             if sum(t["status"] == "FINISHED" for t in mlflow_trials(uri, "sweep")) >= 2:
-                break
+                stored = stored_trial_states(f"s3://{BUCKET}/sweeps/survivor")
+                if "TERMINATED" in stored.values():
+                    break
             time.sleep(0.5)
         if driver.poll() is not None:
             raise RuntimeError(f"the first driver ended before it was killed: {driver.stdout.read().decode()[-3000:]}")
         before = mlflow_trials(uri, "sweep")
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started, at once
         driver.wait()
+        stored = stored_trial_states(f"s3://{BUCKET}/sweeps/survivor")
         second = subprocess.run([exe, "tune", "--resume", *args], cwd=second_dir, env=env, capture_output=True,
                                 text=True, timeout=900)  # fmt: skip
         if second.returncode != 0:
@@ -219,6 +242,7 @@ def sweep(workdir: Path) -> dict:
         f"{BUCKET}/sweeps/survivor/results.csv"))  # fmt: skip
     return {
         "before": before,
+        "stored_at_kill": stored,
         "after": after,
         "table": table[["trial_id", "completed", "score"]].to_dict(orient="records"),
         "second_stdout": second.stdout[-2000:],

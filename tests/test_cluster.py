@@ -97,18 +97,21 @@ def test_a_lost_node_not_replaced_leaves_an_elastic_run_on_one_worker(train_stor
 @pytest.mark.slow
 def test_a_sweep_survives_its_driver(s3_env, tmp_path):
     """Storage in the bucket; the sweep's driver killed after two trials finished; a new driver in a
-    fresh working folder continues it with --resume --name and finishes: every trial completed, the
-    ones that had finished not run again (one MLflow run each), nothing of the state on local disk."""
+    fresh working folder continues it with --resume --name and finishes: every trial completed,
+    nothing of the state on local disk. Trials the stored search state records as ended are not run
+    again (one MLflow run each). A trial that ended after the last upload of that state (Tune uploads
+    it every `SYNC_PERIOD_S`, and at every second checkpoint of a trial) runs again: counted, not
+    hidden (docs/cluster.md)."""
     got = run_scenario("sweep", tmp_path, s3_env)
     finished = {t["trial"] for t in got["before"] if t["status"] == "FINISHED"}
-    assert len(finished) >= 2, got["before"]
+    recorded = {t for t, status in got["stored_at_kill"].items() if status == "TERMINATED"}
+    assert len(finished) >= 2 and recorded, got
     table = got["table"]
     assert len(table) == 4 and all(row["completed"] for row in table), table
     runs = pd.Series([t["trial"] for t in got["after"]]).value_counts()
-    for trial in finished:
+    for trial in recorded:
         assert runs[trial] == 1, (trial, got["after"])
     assert set(runs.index) == {row["trial_id"] for row in table}, got["after"]
-    assert all(t["status"] == "FINISHED" for t in got["after"] if t["trial"] in finished), got["after"]
     assert got["local_state"] == [], got["local_state"]  # the sweep's state lives in the bucket
 
 

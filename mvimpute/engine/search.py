@@ -40,6 +40,7 @@ DOMAINS = {
 }
 FIXED_FOR_SWEEP = {"epochs", "val_frac", "seed", "device", "progress", "val_score"}  # one per sweep
 SPACES_DIR = "tune_spaces"
+SYNC_PERIOD_S = 10  # the least time between two uploads of the search's state to its storage
 FAULT_ENV = "MVIMPUTE_TUNE_FAULT_INJECT"  # "trial-index:marker-file": a test hook, that trial fails once
 
 
@@ -462,6 +463,9 @@ def run_search(
                 storage_path=st.storage,
                 failure_config=tune.FailureConfig(max_failures=0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # local trials' checkpoints
+                # the search's state reaches object storage every SYNC_PERIOD_S (Ray's default: 300 s), so a
+                # driver that dies loses at most that much of it: trials that ended within it run again
+                sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
                 callbacks=[lines],
                 verbose=0,
             ),
