@@ -1,4 +1,4 @@
-"""Every RayJob entry point in the committed manifests (k8s/base and the overlays' patches) is a
+"""Every RayJob entry point in the committed manifests (k8s/jobs: the jobs and the environments' patches) is a
 command line its program accepts: split as the shell splits it, its paths inside the image mapped to
 this repository, parsed by the `mvimpute` command's own parser (click's `make_context`, nothing
 runs); a file given to `--config` loads as that command's job config and one given to `--space`
@@ -7,6 +7,7 @@ as a search space for the model."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 from pathlib import Path
 
@@ -89,9 +90,10 @@ def load_space(path, model):
 
 
 def test_every_ray_job_has_an_entrypoint():
-    jobs = [where for where, _ in ENTRYPOINTS if where.startswith("k8s/base/")]
+    jobs = [where for where, _ in ENTRYPOINTS if where.startswith("k8s/jobs/base/")]
     assert len(jobs) == 3, jobs
-    assert any("overlays" in where for where, _ in ENTRYPOINTS), "the overlays' train patches"
+    patches = [where for where, _ in ENTRYPOINTS if re.match(r"k8s/jobs/(dev|gpu)/train/", where)]
+    assert len(patches) == 2, "the environments' train patches"
 
 
 @pytest.mark.parametrize(("where", "entrypoint"), _cases())
