@@ -18,7 +18,6 @@ on two actors as the rows grow: the actors write their parts, so the driver shou
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import threading
@@ -26,18 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_serving import _write  # beside this file
 from local_cluster import create_bucket, local_cluster, s3_server
 
 BUCKET = "mvimpute-bench"
-
-
-def _write(out: str, name: str, result: dict, table: str) -> None:
-    path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (path / f"{name}.md").write_text(table + "\n")
-    print(table, flush=True)
-    print(f"wrote {path / name}.json / .md ({result.get('wall_s', 0):.0f} s)", flush=True)
 
 
 def _spread(values: list[float]) -> dict:

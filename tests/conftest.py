@@ -10,6 +10,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny nets: extra torch threads only add overhead (3× slower on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3_server):  # noqa: ARG001  (its variables must be set before Ray starts)
     pytest.importorskip("ray.data")

@@ -27,12 +27,7 @@ CLASSIC = ("mean", "knn", "mice")
 SMALL = {"mean": {}, "knn": {"k": 5}, "mice": {"n_iter": 3, "sweeps": 5}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fit_model(name: str, arrays: dict, dtype=torch.float32, **params):

@@ -18,13 +18,7 @@ SMALL = {"latent_dim": 4, "hidden": 32}
 SMALL_TAE = {**SMALL, "prior_latent_dim": 2, "prior_hidden": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The nets here are tiny: extra threads only add overhead (3x slower on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_batch(n: int = 128, missing: float = 0.3, seed: int = 0) -> tuple[MultiViewBatch, MultiViewBatch]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import mvimpute as mvi
 from mvimpute.config import load_job_config, train_config
@@ -50,12 +49,7 @@ CHOSEN_MODEL = {
 CHOSEN_TRAIN = {"weight_decay": 0.0, "grad_clip": 10.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tae_paper_gives_exactly_the_papers_settings():

@@ -26,13 +26,7 @@ from mvimpute.models.jpvae import cross_shrinkage
 from mvimpute.models.posterior import seeded_normal
 from mvimpute.training import TrainConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N_MC = 200_000
