@@ -172,6 +172,34 @@ def test_empirical_latent_covariance_adds_mean_encoder_variance():
     assert np.diag(var.mean(0)).trace() > 0.1 * np.trace(ref)  # the encoder term matters here
 
 
+def test_latent_gaussian_streamed_over_batches_keeps_all_complete_rows(monkeypatch):
+    """after_fit sums the complete samples' moments batch by batch (memory flat in the rows): Σ̂ and
+    Σ̂ of the means equal numpy's on every sample with both views, in whatever batches they come,
+    even where fewer rows than that are kept for the block-wise fit."""
+    from mvimpute.models import jpvae
+
+    monkeypatch.setattr(jpvae, "KEEP_ROWS", 50)
+    model, _ = _jpvae()
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
+    b[rng.random(300) < 0.3] = np.nan  # these rows miss view v1: not in the complete-case moments
+    batches = [MultiViewBatch.from_arrays({"v0": a[i : i + 70], "v1": b[i : i + 70]}) for i in range(0, 300, 70)]
+    model.eval()
+    model.after_fit(lambda: iter(batches))
+    whole = MultiViewBatch.from_arrays({"v0": a, "v1": b})
+    with torch.no_grad():
+        mus, lvs = model.encode(whole)
+    complete = ~np.isnan(b).any(1)
+    mu = torch.cat(mus, -1).double().numpy()[complete]
+    var = torch.cat(lvs, -1).exp().double().numpy()[complete]
+    means = np.cov(mu, rowvar=False)
+    np.testing.assert_allclose(model.cond_mean.double().numpy(), mu.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.cond_cov_means.double().numpy(), means + 1e-5 * np.eye(4), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        model.cond_cov.double().numpy(), means + np.diag(var.mean(0)) + 1e-5 * np.eye(4), rtol=1e-4, atol=1e-5
+    )
+
+
 def test_blockwise_latent_gaussian_with_few_complete_samples_matches_numpy():
     model, _ = _jpvae(n_views=3)
     rng = np.random.default_rng(3)

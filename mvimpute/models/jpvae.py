@@ -158,6 +158,33 @@ def gaussian_conditional(
     return cmean, 0.5 * (ccov + ccov.T)
 
 
+KEEP_ROWS = 50_000  # encodings after_fit keeps for the block-wise fit and the shrinkage estimate
+
+
+class _Moments:
+    """Count, mean, covariance (n − 1) of rows and mean of a second quantity, summed in float64 as
+    batches stream by: memory stays flat in the training set's size."""
+
+    def __init__(self, dim: int) -> None:
+        self.n = 0
+        self.s1 = torch.zeros(dim, dtype=torch.float64)
+        self.s2 = torch.zeros(dim, dim, dtype=torch.float64)
+        self.v1 = torch.zeros(dim, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, v: torch.Tensor) -> None:
+        if len(x):
+            x = x.detach().to("cpu", torch.float64)
+            self.n += len(x)
+            self.s1 += x.sum(0)
+            self.s2 += x.T @ x
+            self.v1 += v.detach().to("cpu", torch.float64).sum(0)
+
+    def mean_cov_var(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean = self.s1 / self.n
+        cov = (self.s2 - self.n * torch.outer(mean, mean)) / (self.n - 1)
+        return mean, cov, self.v1 / self.n
+
+
 def cross_shrinkage(mu: torch.Tensor, obs: torch.Tensor, idx: list[list[int]]) -> float:
     """Shrinkage intensity λ of the cross-view correlations towards 0 (a block-diagonal target).
 
@@ -439,7 +466,10 @@ class JPVAE(ImputationModel):
         """
         empirical = self.config.conditional == "empirical"
         top: dict[str, torch.Tensor] = {}  # each count column's largest observed training value
-        mus_all, vars_all, obs_all = [], [], []
+        total = self.cond_mean.numel()
+        moments = _Moments(total)  # the samples with every view observed, summed as they stream by
+        mus_all, vars_all, obs_all = [], [], []  # the first KEEP_ROWS encodings, for what needs rows
+        kept = 0
         if empirical or self._cap_names:
             for batch in batches():  # one pass over the training data for both
                 for view in self._cap_names:
@@ -447,30 +477,32 @@ class JPVAE(ImputationModel):
                     top[view] = seen if view not in top else torch.maximum(top[view], seen)
                 if empirical:
                     mus, logvars = self.encode(batch)
-                    mus_all.append(torch.cat(mus, -1))
-                    vars_all.append(torch.cat(logvars, -1).exp())
-                    obs_all.append(self.observed_views(batch))
+                    mu_b, var_b, obs_b = torch.cat(mus, -1), torch.cat(logvars, -1).exp(), self.observed_views(batch)
+                    complete_b = obs_b.all(1)
+                    moments.add(mu_b[complete_b], var_b[complete_b])
+                    if kept < KEEP_ROWS:
+                        take = KEEP_ROWS - kept
+                        mus_all.append(mu_b[:take])
+                        vars_all.append(var_b[:take])
+                        obs_all.append(obs_b[:take])
+                        kept += len(mus_all[-1])
         for view, cap in top.items():
             buf = getattr(self, self._cap_names[view])
             buf.copy_(torch.where(torch.isfinite(cap) & (cap > 0), cap, math.inf).to(buf))
         if empirical:
-            total = self.cond_mean.numel()
             mu = torch.cat(mus_all) if mus_all else torch.zeros(0, total)
             var = torch.cat(vars_all) if vars_all else torch.zeros(0, total)
             obs = torch.cat(obs_all) if obs_all else torch.zeros(0, len(self.view_infos), dtype=torch.bool)
-            complete = obs.all(1)
             fitted = None
-            if int(complete.sum()) > total:
-                enc = mu[complete]
-                centred = enc - enc.mean(0)
-                cov_means = centred.T @ centred / (enc.shape[0] - 1)
-                fitted = enc.mean(0), cov_means + torch.diag(var[complete].mean(0)), cov_means
+            if moments.n > total:
+                mean, cov_means, var_mean = (t.to(self.cond_mean) for t in moments.mean_cov_var())
+                fitted = mean, cov_means + torch.diag(var_mean), cov_means
             elif bool((obs.sum(0) >= 2).all()):
                 mean, cov = self._blockwise_gaussian(mu, var, obs)
                 fitted = mean, cov, self._blockwise_gaussian(mu, torch.zeros_like(var), obs)[1]
             else:
                 warnings.warn(
-                    f"only {int(complete.sum())} training samples have every view observed and some view is "
+                    f"only {moments.n} training samples have every view observed and some view is "
                     "observed in fewer than 2: imputing from the prior instead",
                     stacklevel=2,
                 )
