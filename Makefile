@@ -11,7 +11,10 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build lying on this machine's disk; the range in pyproject accepts it (GPU users keep their CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,omics,bench,k8s]'
+	# one lock for the venv and the images: k8s/image/requirements*.txt (written by k8s/render.py from this
+	# venv), as pip constraints (which take no extras)
+	sed -E 's/\[[^]]*\]//' k8s/image/requirements.txt k8s/image/requirements-mlflow.txt > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,omics,bench,k8s]'
 
 venv: $(BIN)/activate
 
