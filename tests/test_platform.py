@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from fitted import as_scored_in_training  # beside this file
 
 import mvimpute as mvi
 from mvimpute.baselines import mean_imputer
@@ -258,17 +259,6 @@ def tracked_run(ray_session, mlflow_server, tmp_path_factory):  # noqa: F811
     out = train_main(path, ["train.lr=0.004"], tracking_uri=mlflow_server, run_name="digits-2w")
     out.seconds = time.perf_counter() - t0
     return out
-
-
-def as_scored_in_training(model):
-    """A copy of a fitted JPVAE as its epochs were scored: the bounded views' location spread
-    (`point_var_*`, which widens the point imputation's censored mean) is fitted after training."""
-    import copy
-
-    model = copy.deepcopy(model)
-    for name in getattr(model, "_point_var_names", {}).values():
-        getattr(model, name).zero_()
-    return model
 
 
 def test_two_worker_run_beats_column_mean_and_its_checkpoint_rebuilds_the_imputer(tracked_run):

@@ -225,7 +225,7 @@ def test_jpvae_sweep_asha_stops_the_bad_region_and_champion_is_the_best_trial(jp
     imp = mvi.MultiViewImputer.load(best["checkpoint"])
     cfg = imp.train_config
     prepared = prepare_data("digits-halves", cfg)
-    from test_platform import as_scored_in_training  # beside this file
+    from fitted import as_scored_in_training  # beside this file
 
     ours = validation_score(as_scored_in_training(imp.model_), build_validation_set(prepared.val, imp.schema_, cfg))[
         "val_rmse"
