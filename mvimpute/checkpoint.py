@@ -38,7 +38,10 @@ def fetch_checkpoint(uri: str) -> Path:
     """The checkpoint at `uri` copied to a local temporary file (read through pyarrow's filesystems,
     like every other URI): the file itself or, for a folder, its `model.pt`. A missing object is a
     `FileNotFoundError` naming the URI."""
+    import hashlib
+    import os
     import tempfile
+    import threading
 
     import pyarrow.fs as pafs
 
@@ -53,8 +56,15 @@ def fetch_checkpoint(uri: str) -> Path:
         raise FileNotFoundError(f"no checkpoint at {uri} ({err})") from None
     if kind != pafs.FileType.File:
         raise FileNotFoundError(f"no checkpoint at {uri}")
-    local = Path(tempfile.mkdtemp(prefix="mvimpute-ckpt-")) / CHECKPOINT_FILE
-    pafs.copy_files(inner, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    # one local copy per URI (fetched again each time: the object may have changed), not a new folder
+    # per read, so a process that reloads a model does not fill its temporary disk; written beside and
+    # renamed into place, so a process reading it meanwhile never sees half a file
+    folder = Path(tempfile.gettempdir()) / "mvimpute-checkpoints" / hashlib.sha1(uri.encode()).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{os.getpid()}-{threading.get_ident()}.part"
+    pafs.copy_files(inner, str(part), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    local = folder / CHECKPOINT_FILE
+    os.replace(part, local)
     return local
 
 
