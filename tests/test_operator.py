@@ -229,11 +229,6 @@ def _readme_snippet() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="timing: Ctrl-C lands at a different point of a fast run each time; this failed in 1 of 5 runs on "
-    "2 shared cores (cause not yet traced), so it may not fail the suite until it is made deterministic",
-)
 def test_train_output_is_quiet_ctrl_c_keeps_a_checkpoint_and_the_readme_snippet_runs(tmp_path):
     """`mvimpute train` as a subprocess in a fresh folder (its own local Ray, MLflow's default store):
     a line per epoch, no ANSI codes; Ctrl-C stops it with a resumable checkpoint; the resumed run

@@ -27,7 +27,7 @@ from .callbacks import RunCallback, run_with_callbacks
 from .prepare import PreparedData, prepare_data, read_data
 from .request import Resources, RunRequest, Storage, make_request
 from .resources import plan_worker_resources
-from .worker import TuneTrialEnv, WorkerPlan, WorkerRun, fault_from_env, ray_train_worker
+from .worker import TuneTrialEnv, WorkerPlan, WorkerRun, fault_from_env, limit_heap_fragmentation, ray_train_worker
 
 
 @dataclass
@@ -113,6 +113,7 @@ def local_trial(request: RunRequest, prepared: PreparedData, callbacks: Sequence
     reports and checkpoints through `ray.tune.report`, a restored trial resumed from its last Tune
     checkpoint. One process: DDP needs `run_training`. Calls no `on_start`/`on_end`."""
     plan = worker_plan(request, prepared, request.storage.run_name or "trial")
+    limit_heap_fragmentation()
     WorkerRun(request, plan, callbacks, TuneTrialEnv(prepared.datasets, request.resources.use_gpu)).run()
 
 

@@ -61,6 +61,12 @@ def newest_checkpoint(storage_path: str, run_name: str | None) -> dict | None:
     Ray Train restores a run run again under its name from the checkpoints its controller has
     registered; one a worker persisted just before Ctrl-C or a lost driver may not be registered
     yet, and the run would start over. Read here through pyarrow's filesystems (local or a URI)."""
+    found = newest_checkpoint_at(storage_path, run_name)
+    return None if found is None else found[1]
+
+
+def newest_checkpoint_at(storage_path: str, run_name: str | None) -> tuple[str, dict] | None:
+    """(its folder, as a URI where `storage_path` is one; its state) of `newest_checkpoint`, or None."""
     if not run_name:
         return None
     import pyarrow.fs as pafs
@@ -72,9 +78,11 @@ def newest_checkpoint(storage_path: str, run_name: str | None) -> dict | None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 pafs.copy_files(f"{d}/{CHECKPOINT_FILE}", f"{tmp}/{CHECKPOINT_FILE}", source_filesystem=fs)
-                return read_checkpoint(tmp, "cpu")
+                state = read_checkpoint(tmp, "cpu")
             except (OSError, ValueError):  # not written whole: an older one
                 continue
+            scheme = storage_path.split("://", 1)[0] if "://" in storage_path else None
+            return (f"{scheme}://{d.lstrip('/')}" if scheme and scheme != "file" else d), state
     return None
 
 
@@ -168,8 +176,33 @@ class TuneTrialEnv:
         self.tune.report(metrics, checkpoint=ckpt)
 
 
+MMAP_THRESHOLD = 1 << 20  # bytes: larger allocations get pages of their own, returned to the system when freed
+
+
+def limit_heap_fragmentation(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at `threshold` bytes in this (worker) process; True where it took.
+
+    glibc raises the threshold each time a large block is freed (up to 32 MiB), after which the
+    scoring and calibration passes' transient tensors (hundreds of MiB per chunk of rows) come from
+    the heap, and the freed space fragments it: a worker's memory then grew with the number of
+    chunks, i.e. with the validation rows (measured: docs/benchmarks.md, "Training memory").
+    A fixed threshold keeps every block over 1 MiB in pages of its own; a training step's tensors
+    stay below it. Hand-written through ctypes: glibc's `mallopt` has no Python binding, and its
+    `MALLOC_MMAP_THRESHOLD_` variable works only when set before the process starts."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return False
+
+
 def ray_train_worker(config: dict) -> None:
     """Per-worker training function (Ray Train): `config` holds the request, the plan and the callbacks."""
+    limit_heap_fragmentation()
     env = RayTrainEnv(config["request"].resources.use_gpu)
     WorkerRun(config["request"], config["plan"], config["callbacks"], env).run()
 
@@ -198,14 +231,19 @@ class WorkerRun:
 
     def _restored_state(self) -> dict | None:
         """This run's last checkpoint (a restart, or a stopped run run again under its name), else the
-        request's `resume_from`, else none."""
+        request's `resume_from`, else none. Of the checkpoint Ray Train registered and the newest one in
+        the run's folder, the later epoch: a worker may have persisted one more just before Ctrl-C or a
+        lost driver, which Ray never registered."""
+        found = []
         ckpt = self.env.checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                return read_checkpoint(d, "cpu")
+                found.append(read_checkpoint(d, "cpu"))
         state = newest_checkpoint(self.request.storage.path, self.request.storage.run_name)
         if state is not None:
-            return state
+            found.append(state)
+        if found:
+            return max(found, key=lambda s: (s.get("loop") or {}).get("epoch", 0))
         if self.request.storage.resume_from:
             return read_checkpoint(self.request.storage.resume_from, "cpu", what="resume_from")
         return None
