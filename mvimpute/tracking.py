@@ -83,9 +83,12 @@ def start_run(
     *,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    adopt_tag: str | None = None,
 ) -> RunRef:
     """Start an MLflow run (creating the experiment if needed) and point mlflow at its store;
-    `parent_run_id` makes it a child run (a sweep's trial)."""
+    `parent_run_id` makes it a child run (a sweep's trial). With `adopt_tag` (a key of `tags`), a run
+    of the experiment with the same parent and that tag's value is taken up again instead (its
+    status back to RUNNING): a trial a restored search runs again keeps its one run."""
     given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
@@ -95,6 +98,15 @@ def start_run(
     all_tags = {"mlflow.source.name": "mvimpute.train", **dict(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+    if adopt_tag is not None:
+        value = all_tags[adopt_tag]
+        query = f"tags.`{adopt_tag}` = '{value}'"
+        if parent_run_id:
+            query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        found = client.search_runs([exp_id], filter_string=query, max_results=1)
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return RunRef(uri, found[0].info.run_id, exp_id)
     run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
     return RunRef(uri, run.info.run_id, exp_id)
 

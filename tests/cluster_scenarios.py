@@ -178,6 +178,17 @@ def mlflow_trials(tracking_uri: str, experiment: str) -> list[dict]:
     return [{"trial": r.data.tags["mvimpute.trial_id"], "status": r.info.status} for r in runs]
 
 
+def trial_checkpoints(storage_uri: str, trial_id: str) -> list[str]:
+    """The checkpoint folders a trial's Ray Train run has written (`<storage>/<trial id>/checkpoint_*`)."""
+    import pyarrow.fs as pafs
+
+    from mvimpute import storage
+
+    fs, inner = storage.filesystem(f"{storage_uri}/{trial_id}")
+    found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(i.base_name for i in found if i.base_name.startswith("checkpoint_"))
+
+
 def stored_trial_states(uri: str) -> dict[str, str]:
     """The trial statuses in the newest search state Tune has stored under `uri` (its sweep folder)."""
     import pyarrow.fs as pafs
@@ -197,7 +208,7 @@ def stored_trial_states(uri: str) -> dict[str, str]:
 
 def sweep(workdir: Path) -> dict:
     """A sweep's driver (`mvimpute tune`, a process of its own, attached to the cluster) killed once
-    two trials have finished and the search state in the bucket records one of them as ended; a new
+    two trials have finished (whether the search state in the bucket records them yet or not); a new
     driver in a fresh working folder continues it with `--resume --name`. The sweep's state and
     trials live in the bucket."""
     spec = s3_spec(workdir, rows=600)
@@ -219,23 +230,24 @@ def sweep(workdir: Path) -> dict:
         deadline = time.monotonic() + 600
         stored: dict = {}
         while time.monotonic() < deadline and driver.poll() is None:
-            # two trials finished, one of them already recorded so in the search state in the bucket
+            # two trials finished; whether the search state in the bucket records them yet is left to timing
             if sum(t["status"] == "FINISHED" for t in mlflow_trials(uri, "sweep")) >= 2:
-                stored = stored_trial_states(f"s3://{BUCKET}/sweeps/survivor")
-                if "TERMINATED" in stored.values():
-                    break
+                break
             time.sleep(0.5)
         if driver.poll() is not None:
             raise RuntimeError(f"the first driver ended before it was killed: {driver.stdout.read().decode()[-3000:]}")
-        before = mlflow_trials(uri, "sweep")
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started, at once
         driver.wait()
+        before = mlflow_trials(uri, "sweep")
         stored = stored_trial_states(f"s3://{BUCKET}/sweeps/survivor")
+        trials = f"s3://{BUCKET}/sweeps/survivor-trials"
+        saved_before = {t["trial"]: trial_checkpoints(trials, t["trial"]) for t in before}
         second = subprocess.run([exe, "tune", "--resume", *args], cwd=second_dir, env=env, capture_output=True,
                                 text=True, timeout=900)  # fmt: skip
         if second.returncode != 0:
             raise RuntimeError(f"the resumed sweep failed: {second.stdout[-3000:]} {second.stderr[-5000:]}")
         after = mlflow_trials(uri, "sweep")
+        saved_after = {t: trial_checkpoints(trials, t) for t in saved_before}
     from mvimpute import storage
 
     table = pd.read_csv(storage.filesystem(f"s3://{BUCKET}/sweeps/survivor/results.csv")[0].open_input_stream(
@@ -244,6 +256,8 @@ def sweep(workdir: Path) -> dict:
         "before": before,
         "stored_at_kill": stored,
         "after": after,
+        "checkpoints_at_kill": saved_before,
+        "checkpoints_after": saved_after,
         "table": table[["trial_id", "completed", "score"]].to_dict(orient="records"),
         "second_stdout": second.stdout[-2000:],
         "local_state": sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*.sweep.json")),

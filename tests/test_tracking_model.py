@@ -229,3 +229,24 @@ def test_the_registry_is_the_given_store_whatever_another_run_left_behind(logged
         mlflow.set_registry_uri(uri)
     tracking.end_run(run)
     assert registry.model_version("models:/stray-env@champion", uri)["version"] == "2"
+
+
+def test_a_trial_run_again_takes_up_its_run_and_no_other(tmp_path):
+    """A restored sweep's trial adopts the child run of the same parent with its trial id (status back to
+    RUNNING); another trial id, another parent, or no adoption give new runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_run("adopt", "sweep", tracking_uri=uri)
+    other = tracking.start_run("adopt", "sweep-2", tracking_uri=uri)
+
+    def trial(tid, parent_id, adopt=True):
+        return tracking.start_run(
+            "adopt", f"sweep-{tid}", tracking_uri=uri, parent_run_id=parent_id,
+            tags={"mvimpute.trial_id": tid}, adopt_tag="mvimpute.trial_id" if adopt else None,
+        ).run_id  # fmt: skip
+
+    first = trial("t1", parent.run_id)
+    tracking.end_run(tracking.RunRef(uri, first, parent.experiment_id), "FAILED")
+    assert trial("t1", parent.run_id) == first
+    assert tracking.MlflowClient(uri).get_run(first).info.status == "RUNNING"
+    ids = {first, trial("t2", parent.run_id), trial("t1", other.run_id), trial("t1", parent.run_id, adopt=False)}
+    assert len(ids) == 4

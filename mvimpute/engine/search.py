@@ -402,6 +402,8 @@ def _train_trial(trial: Trial, trial_id: str, request: RunRequest, callbacks: li
     from ray.tune.integration.ray_train import TuneReportCallback
 
     _maybe_fail(trial_id, trial.fault)
+    if _report_finished(trial.settings, trial_id, request):
+        return
     if trial.settings.runner == "local":
         local_trial(request, trial.prepared, callbacks)
         return
@@ -409,6 +411,47 @@ def _train_trial(trial: Trial, trial_id: str, request: RunRequest, callbacks: li
     run_config = run_config_for(request, [TuneReportCallback()], num_to_keep=2)
     train_once(request, trial.prepared, callbacks, trial.worker_resources, run_config, preview_rows=0,
                report_placement_group=True)  # fmt: skip
+
+
+def _trial_checkpoints(settings: SearchSettings, trial_id: str, request: RunRequest) -> tuple[str, str | None]:
+    """(folder, run name) under which a trial's checkpoints lie: its Ray Train run's
+    (`<path>-trials/<trial id>`), or for a local trial Tune's own trial folder (`<path>/<…trial id…>`)."""
+    if settings.runner != "local":
+        return request.storage.path, request.storage.run_name
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(settings.path)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    mine = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and trial_id in i.base_name)
+    return settings.path, (mine[-1] if mine else None)
+
+
+def _report_finished(settings: SearchSettings, trial_id: str, request: RunRequest) -> bool:
+    """A trial that already saved its final model (it ended after the last upload of the search state,
+    then the driver died, and the restored search starts it again) reports that model's final result
+    to Tune, as its run did, and trains nothing. Tune stores a search's state only every
+    `SYNC_PERIOD_S`; the trial's own final checkpoint is the record that it ended."""
+    import ray.tune
+
+    from .worker import newest_checkpoint_at
+
+    found = newest_checkpoint_at(*_trial_checkpoints(settings, trial_id, request))
+    if found is None or not found[1].get("distributed", {}).get("final"):
+        return False
+    path, state = found
+    loop = state["loop"]
+    ray.tune.report(
+        {
+            "epoch": loop["epoch"],
+            "final": 1.0,
+            "best_epoch": loop["best_epoch"],
+            "best_score": loop["best_score"],
+            "score": loop["best_score"],
+            "checkpoint_path": path,
+            "restored": 1.0,
+        }
+    )
+    return True
 
 
 @dataclass

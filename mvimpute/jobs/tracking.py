@@ -51,7 +51,8 @@ class MlflowRun(RunCallback):
 
 
 class TrialRuns:
-    """For a sweep: a child run of `parent` per trial (named `<sweep>-<trial id>`), tagged with the trial id."""
+    """For a sweep: a child run of `parent` per trial (named `<sweep>-<trial id>`), tagged with the trial id;
+    a trial run again (a restored search) takes up its run again."""
 
     def __init__(self, parent: tr.RunRef, experiment: str, sweep_name: str) -> None:
         self.parent, self.experiment, self.sweep_name = parent.as_dict(), experiment, sweep_name
@@ -62,6 +63,7 @@ class TrialRuns:
             "tracking_uri": self.parent["tracking_uri"],
             "parent_run_id": self.parent["run_id"],
             "tags": {"mvimpute.trial_id": trial_id, "mlflow.source.name": "mvimpute.tune"},
+            "adopt_tag": "mvimpute.trial_id",  # a trial a restored search runs again keeps its run
         }
         return [MlflowRun({**start, "run_name": f"{self.sweep_name}-{trial_id}"}, {"trial_id": trial_id})]
 
