@@ -13,7 +13,8 @@ epoch's own time.
 `cluster-batch`: `impute_table` from the bucket into the bucket, in-process (`engine="local"`), one
 actor and two actors on two nodes, alternated; rows/s.
 `batch-driver-memory`: the driver's own peak RSS (sampled every 0.1 s) for a bucket-to-bucket job
-on two actors as the rows grow: the actors write their parts, so the driver should not grow.
+on two actors as the rows grow, each job driven by a fresh process (its input written by another):
+the actors write their parts, so the driver should not grow.
 """
 
 from __future__ import annotations
@@ -236,46 +237,84 @@ def cluster_batch(rows: int = 100_000, repeats: int = 3, batch_size: int = 4096,
     return result
 
 
-def batch_driver_memory(sizes=(100_000, 1_000_000), batch_size: int = 4096, out: str = "outputs/bench") -> dict:
-    """The driver's peak RSS for bucket-to-bucket jobs of growing size, two actors on two nodes."""
+def _in_child(call: str, env: dict, sample: bool = False) -> tuple[str, float]:
+    """`call` (Python, with this folder on the path) in a fresh process; (its output, its peak RSS in
+    MiB sampled every 0.1 s from here, or 0 without `sample`)."""
+    import subprocess
+    import sys
+
     import psutil
 
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); {call}"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    peak = [0.0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        me = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], me.memory_info().rss / 2**20)
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    if sample:
+        watcher.start()
+    out, _ = proc.communicate()
+    stop.set()
+    if sample:
+        watcher.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{call} failed ({proc.returncode}):\n{out[-4000:]}")
+    return out, peak[0]
+
+
+def _write_input(rows: int) -> None:
+    """The job's input, written by a process of its own (the driver never holds it)."""
     from mvimpute import storage
+
+    _wide_table(rows, storage.filesystem(f"s3://{BUCKET}")[0], f"in/{rows}.parquet")
+
+
+def _drive(rows: int, ckpt: str, batch_size: int) -> None:
+    """One bucket-to-bucket job on two actors, driven from this fresh process (attached to the cluster)."""
+    import json
+
     from mvimpute.jobs.batch import impute_table
+
+    done = impute_table(f"s3://{BUCKET}/in/{rows}.parquet", f"s3://{BUCKET}/out/{rows}", checkpoint=ckpt,
+                        id_column="sample_id", num_workers=2, batch_size=batch_size)  # fmt: skip
+    print("RESULT " + json.dumps({"rows": done.rows, "seconds": done.seconds, "parts_by_node": done.parts_by_node}))
+
+
+def batch_driver_memory(sizes=(100_000, 1_000_000), batch_size: int = 4096, out: str = "outputs/bench") -> dict:
+    """The driver's peak RSS for bucket-to-bucket jobs of growing size, two actors on two nodes: each
+    job driven by a fresh process attached to the cluster, its input written by another one, so the
+    peaks compare the job's driver alone."""
+    import json
+    import os
 
     t0 = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="bench-driver-memory-"))
     ckpt = _checkpoint(root)
-    me = psutil.Process()
     found: list[dict] = []
-    with s3_server(root), local_cluster(trainer_nodes=2) as _:
+    with s3_server(root), local_cluster(trainer_nodes=2, connect=False) as (cluster, _):
         create_bucket(BUCKET)
-        fs, _ = storage.filesystem(f"s3://{BUCKET}")
+        env = {**os.environ, "RAY_ADDRESS": cluster.address}
         for rows in sizes:
-            _wide_table(rows, fs, f"in/{rows}.parquet")
-            base = me.memory_info().rss
-            peak = [base]
-            stop = threading.Event()
-
-            def sample(peak=peak, stop=stop) -> None:
-                while not stop.is_set():
-                    peak[0] = max(peak[0], me.memory_info().rss)
-                    time.sleep(0.1)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            done = impute_table(f"s3://{BUCKET}/in/{rows}.parquet", f"s3://{BUCKET}/out/{rows}", checkpoint=ckpt,
-                                id_column="sample_id", num_workers=2, batch_size=batch_size)  # fmt: skip
-            stop.set()
-            sampler.join()
-            found.append({"rows": rows, "driver_rss_before_mib": base / 2**20, "driver_peak_rss_mib": peak[0] / 2**20,
-                          "seconds": done.seconds, "parts_by_node": done.parts_by_node})  # fmt: skip
+            _in_child(f"from bench_cluster import _write_input; _write_input({rows})", env)
+            text, peak = _in_child(f"from bench_cluster import _drive; _drive({rows}, {str(ckpt)!r}, {batch_size})",
+                                   env, sample=True)  # fmt: skip
+            line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")][-1]
+            found.append({**json.loads(line[len("RESULT "):]), "driver_peak_rss_mib": peak})
             print(found[-1], flush=True)
     growth = found[-1]["driver_peak_rss_mib"] / found[0]["driver_peak_rss_mib"]
     result = {"bench": "batch-driver-memory", "runs": found, "growth": growth, "wall_s": time.perf_counter() - t0}
-    table = "| rows | driver RSS before, MiB | driver peak RSS, MiB | s |\n|---|---|---|---|\n" + "\n".join(
-        f"| {r['rows']:,} | {r['driver_rss_before_mib']:.0f} | {r['driver_peak_rss_mib']:.0f} | {r['seconds']:.0f} |"
-        for r in found
+    table = "| rows | driver peak RSS, MiB | s |\n|---|---|---|\n" + "\n".join(
+        f"| {r['rows']:,} | {r['driver_peak_rss_mib']:.0f} | {r['seconds']:.0f} |" for r in found
     ) + f"\n\ndriver peak, largest ÷ smallest: {growth:.2f}×"
     _write(out, "batch_driver_memory", result, table)
     return result
