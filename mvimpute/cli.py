@@ -1,7 +1,7 @@
 """The `mvimpute` command line. One vocabulary for every command:
 
     --data      an embedded data set (digits-halves, synthetic-omics) or a dataset spec YAML
-    --model     tae | jpvae | mvae | miwae        --param/-p KEY=VALUE   a model option (YAML value)
+    --model     jpvae | tae | mvae | miwae | mean | knn | mice | auto    --param/-p KEY=VALUE (YAML value)
     --epochs N  --seed S   --config FILE.yaml   KEY.PATH=VALUE ...      any config key (see --help)
     --checkpoint FILE      a model saved by `fit` or `train`
     --verbose              Ray's and MLflow's own logs (default: one line per epoch and a summary)
@@ -204,8 +204,17 @@ def fit(
         if not show_bar:
             console.echo(epoch_line(metrics, imp.train_config.epochs, improved))
 
+    def on_candidate(name: str, row: dict) -> None:
+        score_text = f"val_score {row['val_score']:.4g}" if "val_score" in row else row.get("note", "")
+        console.echo(f"candidate {name}: {row['status']}, {score_text}")
+
     try:
-        imp.fit(train_part, on_epoch=on_epoch)
+        if imp.auto_ is not None:
+            from .auto import fit_auto
+
+            fit_auto(imp, train_part, on_epoch=on_epoch, on_candidate=on_candidate)
+        else:
+            imp.fit(train_part, on_epoch=on_epoch)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--data") from None
     imp.provenance_ = {"data": job.data, "test_frac": test_frac, "split_seed": split_seed}
@@ -213,8 +222,15 @@ def fit(
     key = next((k for k in (f"val_{imp.train_config.val_score}", "train_loss") if k in best), None)  # the selected
     score_text = f"{key} {best[key]:.4g}" if key else "no score"
     path = imp.save(out)
+    if imp.selection_ is not None:
+        from .auto import selection_table
+
+        sel = imp.selection_
+        typer.echo(f"auto: candidates ranked on {sel['metric']} of the validation split (* the winner)")
+        typer.echo(selection_table(sel["candidates"], sel["winner"]))
     typer.echo(
-        f"fitted {job.model} on {train_part.n_samples} samples of {job.data} in {imp.fit_seconds_:.1f} s; "
+        f"fitted {imp.model_name if imp.selection_ is None else 'auto → ' + imp.model_name} on "
+        f"{train_part.n_samples} samples of {job.data} in {imp.fit_seconds_:.1f} s; "
         f"best epoch {imp.best_epoch_} of {len(imp.history_)} ({score_text}); saved {path}"
     )
 

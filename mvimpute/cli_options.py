@@ -12,7 +12,7 @@ import typer
 from .names import DATASET_NAMES, MODEL_NAMES
 
 DATA_HELP = f"Embedded data set ({', '.join(DATASET_NAMES)}) or a dataset spec YAML."
-MODEL_HELP = f"Model: {' | '.join(MODEL_NAMES)}."
+MODEL_HELP = f"Model: {' | '.join(MODEL_NAMES)} | auto."
 
 
 # ----------------------------------------------------------------------------- shared options

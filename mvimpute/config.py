@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .names import MODEL_NAMES
+from .names import AUTO, MODEL_NAMES
 
 DEFAULT_STORAGE = "ray_results"
 VAL_SCORES = ("crps", "rmse")
@@ -160,12 +160,17 @@ class TrainJobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainJobConfig:
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_NAMES)}")
-        from .models import MODEL_REGISTRY
-        from .models.base import config_from_kwargs
+        if self.model not in MODEL_NAMES and self.model != AUTO:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_NAMES)} or {AUTO!r}")
+        if self.model == AUTO:
+            from .auto import AutoSettings
 
-        config_from_kwargs(MODEL_REGISTRY[self.model].config_class, self.model_params, self.model)
+            AutoSettings.from_params(self.model_params)  # candidates, budget, tie_tolerance checked
+        else:
+            from .models import MODEL_REGISTRY
+            from .models.base import config_from_kwargs
+
+            config_from_kwargs(MODEL_REGISTRY[self.model].config_class, self.model_params, self.model)
         train_config(self.train)  # checked; kept as given, so data-size defaults still apply to the rest
         return self
 

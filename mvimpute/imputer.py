@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .auto import AUTO, AutoSettings, fit_auto
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
@@ -36,7 +37,8 @@ CHUNK = 4096
 class MultiViewImputer:
     """Fill missing entries and whole missing views with a generative multi-view model.
 
-    `model` is one of the registry's names ("tae", "jpvae", "mvae", "miwae"); keyword arguments
+    `model` is one of the registry's names ("tae", "jpvae", "mvae", "miwae", "mean", "knn", "mice"),
+    or "auto" (parameters `candidates`, `budget`, `tie_tolerance`; see `auto.py`); keyword arguments
     are split between the training loop (`epochs`, `batch_size`, `lr`, `patience`, `val_frac`,
     `seed`, `device`, `progress`, ...) and the model's own config (e.g. `prior`, `alpha`,
     `latent_dim` for JPVAE; `C`, `lam` for TAE). An unknown name is a `ValueError`.
@@ -56,8 +58,8 @@ class MultiViewImputer:
         scalings: Mapping[str, str] | None = None,
         **params,
     ) -> None:
-        if model not in MODEL_REGISTRY:
-            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)}")
+        if model not in MODEL_REGISTRY and model != AUTO:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_REGISTRY)} or {AUTO!r}")
         self.model_name = model
         self.likelihoods = dict(likelihoods or {})
         self.scalings = dict(scalings or {})
@@ -65,7 +67,13 @@ class MultiViewImputer:
         self.train_config = TrainConfig(**{k: v for k, v in params.items() if k in TRAIN_KEYS})
         parse_device(self.train_config.device)  # an unknown name fails here; a missing GPU when fitting
         self.model_params = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
-        config_from_kwargs(MODEL_REGISTRY[model].config_class, self.model_params, model)  # validate now
+        self.auto_: AutoSettings | None = None  # model="auto": the candidates, budget and tie tolerance
+        self.selection_: dict | None = None  # model="auto": the candidates' table once fitted (kept in the checkpoint)
+        if model == AUTO:
+            self.auto_ = AutoSettings.from_params(self.model_params)
+            self.auto_train_params_ = {k: v for k, v in params.items() if k in TRAIN_KEYS}
+        else:
+            config_from_kwargs(MODEL_REGISTRY[model].config_class, self.model_params, model)  # validate now
         self.model_ = None
         self.schema_: ViewSchema | None = None
         self.history_: list[dict] = []
@@ -78,14 +86,21 @@ class MultiViewImputer:
         return f"MultiViewImputer(model={self.model_name!r}{extra}, epochs={self.train_config.epochs})"
 
     # -- training
-    def fit(self, views, validation=None, on_epoch=None) -> MultiViewImputer:
+    def fit(self, views, validation=None, on_epoch=None, *, time_limit: float | None = None) -> MultiViewImputer:
         """Train on `views` (dict of arrays/DataFrames with NaN for missing, or `MultiViewData`).
 
         A share `val_frac` of the samples is held out for the self-supervised validation score that
         drives early stopping, unless `validation` data are given. `on_epoch(epoch, metrics,
         improved)` runs after each epoch (epochs numbered from 0 there, from 1 in `metrics`).
+        With `time_limit` (seconds), the epochs stop after the one that passes it, the best kept.
         A column with no observed value, or values whose scaling would overflow, is a `ValueError`.
+
+        `model="auto"`: every candidate fitted in turn and ranked on the validation score; the
+        winner becomes this imputer's model (`model_name`), the table is `selection_` (see `auto.py`).
         """
+        if self.auto_ is not None:
+            fit_auto(self, views, validation, on_epoch)
+            return self
         data = as_multiview(views, self.likelihoods or None)
         data.check_no_empty_rows()
         for v, a in data.views.items():  # before the split: a huge value in the validation rows overflows too
@@ -114,7 +129,12 @@ class MultiViewImputer:
         loop = TrainingLoop(self.model_, cfg, device)
         steps = steps_per_epoch(len(train_batch), cfg.batch_size)
         t0 = time.perf_counter()
-        result = loop.run(shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set, on_epoch=on_epoch)
+        result = loop.run(
+            shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set, on_epoch=on_epoch,
+            time_limit=time_limit,
+        )  # fmt: skip
+        self.validation_set_ = val_set  # what `final_validation_score` scores (not saved)
+        self.stopped_at_time_limit_ = result.stopped_at_time_limit
         self.model_.eval()
         self.model_.after_fit(lambda: (b.to(device) for b in shuffled_batches(train_batch, AFTER_FIT_ROWS, 0)(0)))
         self.fit_seconds_ = time.perf_counter() - t0
@@ -233,6 +253,7 @@ class MultiViewImputer:
                 "imputer": {"scalings": self.scalings, "likelihoods": self.likelihoods},
                 "provenance": self.provenance_,
                 "best_epoch": getattr(self, "best_epoch_", None),
+                "selection": self.selection_,
             },
         )
 
@@ -247,6 +268,7 @@ class MultiViewImputer:
         imp.history_ = state.get("history", [])
         imp.provenance_ = dict(state.get("provenance") or {})
         imp.best_epoch_ = state.get("best_epoch", (state.get("loop") or {}).get("best_epoch"))
+        imp.selection_ = state.get("selection")
         return imp
 
 

@@ -296,7 +296,8 @@ class Predictor:
         return [f"{v}{COLUMN_SEP}{c}" for v, cs in self.schema.columns.items() for c in cs]
 
     def metadata(self) -> dict:
-        """Model name and origin, views with widths, columns and likelihoods, and the calibration if any."""
+        """Model name and origin, views with widths, columns and likelihoods, the calibration if any,
+        and, for a model `auto` picked, the candidates' table (`selection`)."""
         imp = self.imputer
         return {
             **{k: v for k, v in self.info.items() if k != "checkpoint"},
@@ -308,6 +309,8 @@ class Predictor:
             },
             "calibration": self.calibration(),
             "training_rows": imp.model_.training_rows_held(),
+            # model="auto": the candidates and their validation scores, the winner being this model
+            "selection": getattr(imp, "selection_", None),
         }
 
     def calibration(self) -> dict | None:

@@ -140,12 +140,26 @@ def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int 
     return out
 
 
+def final_validation_score(model: ImputationModel, val: ValidationSet | None, config: TrainConfig) -> dict[str, float]:
+    """`validation_score` of a fitted model as it will be used (after `after_fit`), with the draws
+    of `config.val_score`: `val_rmse`, `val_crps` (with draws), per view, and `val_score` (the one
+    `config.val_score` names, which selects epochs). Ranks models of different kinds on one
+    validation split (`model="auto"`); empty without a validation set."""
+    if val is None:
+        return {}
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    out = validation_score(model, val.to(device), config.val_samples if config.val_score == "crps" else 0)
+    out["val_score"] = out[f"val_{config.val_score}"]
+    return out
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0  # numbered from 1; 0: none yet
     best_score: float = math.inf
     stopped_early: bool = False
+    stopped_at_time_limit: bool = False  # the epochs ended at the run's time limit (`TrainingLoop.run`)
 
 
 class TrainingLoop:
@@ -227,12 +241,15 @@ class TrainingLoop:
         validation: ValidationSet | None = None,
         on_epoch: Callable[[int, dict[str, float], bool], None] | None = None,
         show_progress: bool | None = None,
+        time_limit: float | None = None,
     ) -> TrainResult:
         """Train from `self.epoch` to `config.epochs`. `on_epoch(epoch, metrics, is_best)` runs after
         each epoch (checkpoints, metric reporting). Each epoch's metrics include `epoch_seconds`, the
         wall time of its training pass (fetching the batches and the optimiser steps; validation
-        scoring and `on_epoch` excluded)."""
+        scoring and `on_epoch` excluded). With `time_limit` (seconds from now), the epochs stop after
+        the one that passes it (`stopped_at_time_limit`); the best epoch so far is kept."""
         cfg = self.config
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
         show = cfg.progress if show_progress is None else show_progress
         val = validation.to(self.device) if validation is not None else None
         bar = tqdm(
@@ -279,6 +296,9 @@ class TrainingLoop:
                 on_epoch(epoch, metrics, improved)
             if cfg.patience is not None and val is not None and self.bad_epochs >= cfg.patience:
                 self.result.stopped_early = True
+                break
+            if deadline is not None and time.perf_counter() >= deadline and self.epoch < cfg.epochs:
+                self.result.stopped_early = self.result.stopped_at_time_limit = True
                 break
         bar.close()
         if self.best_state is not None and val is not None:
