@@ -95,6 +95,8 @@ class RunRequest:
         """This request with the data-size defaults for `n_samples` (before any split) on the keys
         not in `given`: what `MultiViewImputer.fit` applies, so both runners build the same model."""
         extra_model, extra_train = size_defaults(self.model, n_samples, frozenset(given))
+        known = {f.name for f in fields(self.model_config)}  # a classic model has no widths
+        extra_model = {k: v for k, v in extra_model.items() if k in known}
         return self.with_values(extra_model, extra_train) if extra_model or extra_train else self
 
     def with_storage(self, **changes) -> RunRequest:

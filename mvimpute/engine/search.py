@@ -284,6 +284,7 @@ def results_table(grid, swept: Sequence[str], storage: str = ""):
                 "trial_id": m.get("trial_id"),
                 **{k: flat.get(k) for k in swept},
                 "score": float(m.get("score", math.nan)),
+                "final_score": float(m.get("final_score", math.nan)),  # the final model's (model="auto" ranks on it)
                 "best_epoch": int(m.get("best_epoch", 0) or 0),
                 "epochs_run": int(m.get("epoch", 0) or 0),
                 "completed": completed,
@@ -348,6 +349,7 @@ class SearchSettings:
     reduction_factor: float = 2.0
     runner: str = "local"
     selection_start: float = 0.0  # the latest warm-up end the space can propose, as a share of the epochs
+    rank_by: str = "score"  # the table's column that picks the champion; "final_score" for model="auto"
 
     def __post_init__(self) -> None:
         if self.search == "optuna" and self.space.uses_grid():
@@ -383,6 +385,7 @@ class Trial:
     worker_resources: Mapping[str, float]
     trial_callbacks: Callable[[str, RunRequest], Sequence[RunCallback]] | None = None
     fault: str | None = None
+    candidates: Mapping[str, RunRequest] | None = None  # model="auto": each candidate's request, by name
 
 
 def run_trial(config: dict, trial: Trial) -> None:
@@ -392,7 +395,11 @@ def run_trial(config: dict, trial: Trial) -> None:
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    request = trial.request.with_values(config.get("model_params"), config.get("train"))
+    if "candidate" in config:  # model="auto": the trial's candidate model, its sampled values over its request
+        chosen = config["candidate"]
+        request = trial.candidates[chosen["model"]].with_values(chosen.get("model_params"), chosen.get("train"))
+    else:
+        request = trial.request.with_values(config.get("model_params"), config.get("train"))
     request = request.with_storage(run_name=trial_id, path=trial.settings.trial_storage)
     callbacks = list(trial.trial_callbacks(trial_id, request)) if trial.trial_callbacks else []
     run_with_callbacks(callbacks, trial_id, request, lambda: _train_trial(trial, trial_id, request, callbacks))
@@ -516,7 +523,8 @@ def run_search(
     grid = tuner.fit()
     table = results_table(grid, st.space.swept(), st.storage)
     done = table[table["completed"]] if len(table) else table
-    best = done.loc[done["score"].idxmin()] if len(done) else None
+    ranked = done[done[st.rank_by].notna()] if len(done) else done
+    best = ranked.loc[ranked[st.rank_by].idxmin()] if len(ranked) else None
     table["champion"] = table["trial_id"] == (best["trial_id"] if best is not None else None)
     return SearchOutcome(table, best, grid)
 

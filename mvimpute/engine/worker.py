@@ -21,7 +21,14 @@ from ..batch import MultiViewBatch
 from ..checkpoint import CHECKPOINT_FILE, checkpoint_dict, read_checkpoint, view_infos
 from ..data.multiview import ViewSchema
 from ..data.ray_data import batch_from_tensors
-from ..training import AFTER_FIT_ROWS, TrainingLoop, epoch_seed, shuffled_chunk_batches, steps_per_epoch
+from ..training import (
+    AFTER_FIT_ROWS,
+    TrainingLoop,
+    epoch_seed,
+    final_validation_score,
+    shuffled_chunk_batches,
+    steps_per_epoch,
+)
 from .callbacks import RunCallback
 from .prepare import validation_set_from_batches
 from .request import RunRequest
@@ -285,6 +292,7 @@ class WorkerRun:
             },
             "imputer": self.plan.imputer,
             "data": self.plan.source,
+            "validation": getattr(self, "final_scores", None),  # the final model's validation scores
         }
 
     def _report(self, metrics: dict, epoch: int, save: bool, final: bool = False) -> None:
@@ -344,12 +352,18 @@ class WorkerRun:
         self.loop.run(self._batches, steps, val_set, self._on_epoch, show_progress=False)
         self._after_fit()
         best = self.loop.result
+        # the fitted model's validation score (after `after_fit`): what ranks models of different kinds
+        # (`model="auto"`); a one-pass model runs no epochs, so it is its only score
+        self.final_scores = final_validation_score(self.loop.module, val_set, self.cfg) if self.env.rank == 0 else {}
+        final = self.final_scores.get("val_score", float("nan"))
+        score = final if self.loop.module.one_pass and val_set is not None else best.best_score
         summary = {
             "epoch": self.loop.epoch,
             "final": 1.0,
             "best_epoch": best.best_epoch,
             "best_score": best.best_score,
-            "score": best.best_score,
+            "score": score,
+            "final_score": final,
         }
         self._report(summary, self.loop.epoch, save=True, final=True)
 
