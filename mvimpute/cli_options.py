@@ -24,7 +24,11 @@ Overrides = Annotated[
 ConfigOpt = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Job config YAML.")]
 DataOpt = Annotated[str | None, typer.Option("--data", "--dataset", help=DATA_HELP, show_default="digits-halves")]
 ModelOpt = Annotated[str | None, typer.Option(help=MODEL_HELP, show_default="jpvae")]
-EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default="100")]
+# The jobs' sizes also come from the environment (a cluster's ConfigMap or a RayJob's runtime env), so
+# the same entry point runs longer or shorter without editing its command line.
+EPOCHS_ENV = "MVIMPUTE_EPOCHS"
+NUM_SAMPLES_ENV = "MVIMPUTE_NUM_SAMPLES"
+EpochsOpt = Annotated[int | None, typer.Option(min=1, envvar=EPOCHS_ENV, help="Training epochs.", show_default="100")]
 SeedOpt = Annotated[int | None, typer.Option(help="Training seed.", show_default="0")]
 ParamOpt = Annotated[
     list[str] | None,

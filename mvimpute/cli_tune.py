@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from .cli_options import (
+    NUM_SAMPLES_ENV,
     ConfigOpt,
     DataOpt,
     EpochsOpt,
@@ -50,7 +51,9 @@ def tune(
         Path | None,
         typer.Option(dir_okay=False, help="Search space YAML.", show_default="tune_spaces/MODEL.yaml"),
     ] = None,
-    num_samples: Annotated[int | None, typer.Option(min=1, help="Trials to run.", show_default="8")] = None,
+    num_samples: Annotated[
+        int | None, typer.Option(min=1, envvar=NUM_SAMPLES_ENV, help="Trials to run.", show_default="8")
+    ] = None,
     max_concurrent_trials: Annotated[
         int | None, typer.Option(min=1, help="Trials at once.", show_default="as many as the CPUs hold")
     ] = None,
