@@ -94,10 +94,11 @@ def create_bucket(name: str) -> None:
 
 
 @contextmanager
-def local_cluster(trainer_nodes: int, head_cpus: int = 1, connect: bool = True):
+def local_cluster(trainer_nodes: int, head_cpus: int = 1, connect: bool = True, head_args: dict | None = None):
     """A head (`head_cpus`, for the driver's and Ray Data's tasks) and `trainer_nodes` nodes of 1 CPU
     and one `trainer` resource each (so that one worker sits on each); connected with `ray.init`
-    unless `connect` is False; shut down whatever happens.
+    unless `connect` is False; shut down whatever happens. `head_args`: more of the head's settings
+    (`ray.cluster_utils.Cluster`'s head_node_args, e.g. the dashboard's host and port).
 
     Ray keeps its sessions, and `Cluster` writes its address, under a fresh short folder
     (`RAY_TMPDIR`): a `ray.init()` elsewhere on the machine must not find this cluster."""
@@ -107,7 +108,8 @@ def local_cluster(trainer_nodes: int, head_cpus: int = 1, connect: bool = True):
     tmp = tempfile.mkdtemp(prefix="mvc", dir="/tmp")  # short: Ray's socket paths live under it
     before = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "TMPDIR")}
     os.environ["RAY_TMPDIR"] = os.environ["TMPDIR"] = tmp
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "_system_config": SYSTEM_CONFIG})
+    head = {"num_cpus": head_cpus, "_system_config": SYSTEM_CONFIG, **(head_args or {})}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(trainer_nodes)]
         if connect:
