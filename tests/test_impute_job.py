@@ -258,3 +258,32 @@ def test_parts_whose_rows_interleave_are_never_published(tmp_path):
     with pytest.raises(RuntimeError, match="interleave"):
         publish_parts(str(staging), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_rows_from_several_files_and_a_csv_are_numbered_in_input_order(ray_session, checkpoint, table, tmp_path):  # noqa: F811
+    """The Ray engine numbers rows piece by piece (Parquet row groups from the footers, a CSV streamed):
+    a folder of two Parquet files of several row groups each, and a CSV written with its pandas index
+    as the ids, come out in input order with `ROW` from 0 and the values of the in-process loop."""
+    _, wide = table
+    part = wide.iloc[:2400].reset_index(drop=True)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    part.iloc[:1000].to_parquet(folder / "a.parquet", row_group_size=300, index=False)
+    part.iloc[1000:].to_parquet(folder / "b.parquet", row_group_size=500, index=False)
+    feats = [c for c in part.columns if c != "sample_id"]
+    ref = pd.read_parquet(impute_table(folder, tmp_path / "ref.parquet", checkpoint=checkpoint,
+                                       id_column="sample_id", engine="local").output)  # fmt: skip
+    impute_table(folder, tmp_path / "out", checkpoint=checkpoint, id_column="sample_id", batch_size=400,
+                 num_workers=1, num_cpus=0.5)  # fmt: skip
+    got, manifest = _read_parts(str(tmp_path / "out"))
+    assert got[ROW].tolist() == list(range(2400)) and manifest["rows"] == 2400
+    assert got["sample_id"].tolist() == part["sample_id"].tolist()
+    np.testing.assert_allclose(got[feats].to_numpy(np.float64), ref[feats].to_numpy(np.float64), rtol=1e-6, atol=1e-6)
+
+    csv = tmp_path / "in.csv"
+    part[feats].set_axis([f"r{i}" for i in range(len(part))]).to_csv(csv)
+    impute_table(csv, tmp_path / "out_csv", checkpoint=checkpoint, batch_size=400, num_workers=1, num_cpus=0.5)
+    got, _ = _read_parts(str(tmp_path / "out_csv"))
+    assert got[ROW].tolist() == list(range(2400))
+    assert got["Unnamed: 0"].tolist() == [f"r{i}" for i in range(2400)]
+    np.testing.assert_allclose(got[feats].to_numpy(np.float64), ref[feats].to_numpy(np.float64), rtol=1e-5, atol=1e-5)

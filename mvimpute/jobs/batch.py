@@ -119,6 +119,8 @@ def write_part(predictor: Predictor, batch: pd.DataFrame, id_column: str | None,
                              "missing": [0], "error": [str(err)], "node": [_node_id()]})  # fmt: skip
     out[ROW] = rows
     name = f"{int(rows[0]):012d}.parquet"
+    if not storage.is_uri(parts):  # a local (or shared) disk has folders; a bucket has none to make
+        os.makedirs(parts, exist_ok=True)
     fs, inner = storage.filesystem(storage.join(parts, name))
     pq.write_table(pa.Table.from_pandas(out, preserve_index=False), inner, filesystem=fs)
     missing = int(_n_missing(batch, predictor, id_column))
@@ -394,8 +396,9 @@ def _imputed(plan: BatchPlan, ds, parts: str | None = None):
 
     resources = {"num_gpus": 1} if plan.use_gpu else {"num_cpus": plan.num_cpus}
     # Ray Data hands the pool whole blocks: a table read as one block (one Parquet row group) would go
-    # to one actor. Cut into blocks of a batch each (streaming, in order), so every actor gets work.
-    ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
+    # to one actor. Cut into blocks of a batch each (streaming, in order), so every actor gets work;
+    # strict: exactly a batch per block across the pieces' edges, so a part is a whole batch.
+    ds = ds.repartition(target_num_rows_per_block=plan.batch_size, strict=True)
     return ds.map_batches(
         ImputeBatch,
         fn_constructor_kwargs={
@@ -475,9 +478,7 @@ def _impute_into_parts(plan: BatchPlan, predictor: Predictor, engine: str) -> tu
         else:
             _check_room(plan)
             with _user_errors(), _preserve_order():
-                ds = _ray_read(plan)
-                ds = ds.zip(_row_numbers(ds.count()))
-                lines = _imputed(plan, ds, staging).to_pandas()
+                lines = _imputed(plan, _numbered(plan), staging).to_pandas()
         errors = [e for e in lines.get("error", pd.Series(dtype=str)) if e]
         if errors:
             raise ValueError(errors[0])
@@ -505,10 +506,57 @@ def _check_room(plan: BatchPlan) -> None:
         )
 
 
-def _row_numbers(n: int):
+def _pieces(plan: BatchPlan) -> list[dict]:
+    """The input in pieces whose first row number is known before any row is read: each Parquet row
+    group (row counts from the files' footers, files in the dataset's order), or a CSV file whole."""
+    if plan.in_fmt == "csv":
+        return [{"path": plan.input, "group": -1, "first": 0}]
+    pieces, first = [], 0
+    for fragment in _parquet(plan.input).get_fragments():
+        meta = fragment.metadata
+        for g in range(meta.num_row_groups):
+            pieces.append({"path": fragment.path, "group": g, "first": first})
+            first += meta.row_group(g).num_rows
+    return pieces
+
+
+def _read_pieces(batch: dict, input: str, id_column: str | None):
+    """A Ray Data task: the rows of each piece (`_pieces`), with their row numbers in `ROW`."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fs = storage.filesystem(input)[0]
+
+    def numbered(table: pa.Table, first: int) -> pa.Table:
+        if id_column is not None and id_column.startswith("Unnamed: 0") and "" in table.column_names:
+            table = table.rename_columns([id_column if c == "" else c for c in table.column_names])
+        return table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
+
+    for path, group, first in zip(batch["path"], batch["group"], batch["first"], strict=True):
+        first = int(first)
+        if group < 0:  # a CSV file, streamed in Arrow's blocks
+            with fs.open_input_stream(storage.filesystem(str(path))[1]) as f:
+                for part in pacsv.open_csv(f):
+                    yield numbered(pa.Table.from_batches([part]), first)
+                    first += part.num_rows
+        else:
+            with fs.open_input_file(str(path)) as f:
+                yield numbered(pq.ParquetFile(f).read_row_group(int(group)), first)
+
+
+def _numbered(plan: BatchPlan):
+    """The input as a Ray Data set with each row's number (from 0, in input order) in `ROW`, read in
+    Ray Data tasks piece by piece (`_pieces`; only the footers are read here). Written here because
+    Ray Data numbers no rows: zipping a range onto the read relies on an order Ray Data does not
+    promise (and `Dataset.zip` leaves in Ray 2.64)."""
     import ray
 
-    return ray.data.range(n).rename_columns({"id": ROW})
+    pieces = _pieces(plan)
+    if not pieces:  # no rows: nothing to number
+        return _ray_read(plan)
+    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
+    return ds.map_batches(_read_pieces, fn_kwargs={"input": plan.input, "id_column": plan.id_column}, batch_size=1,
+                          batch_format="numpy")  # fmt: skip
 
 
 def _local_parts(plan: BatchPlan, predictor: Predictor, staging: str) -> pd.DataFrame:
