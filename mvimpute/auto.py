@@ -28,7 +28,9 @@ from .names import AUTO
 # conditional model (wins where views are linear in each other); `jpvae` the nonlinear multi-view
 # model with joint latent structure (wins on manifolds). TAE, MVAE and MIWAE are left out by default
 # (they cost as much as JPVAE and did not beat it on the evaluate grids); name them to add them.
-DEFAULT_CANDIDATES = ("mean", "knn", "mice", "jpvae")
+# MICE regresses each column on at most 20 others (scikit-learn's `n_nearest_features`): with all 129
+# it took 215-241 s on synthetic-omics (docs/classic.md), more than the rest together.
+DEFAULT_CANDIDATES = {"mean": {}, "knn": {}, "mice": {"n_nearest_features": 20}, "jpvae": {}}
 # cheapest first: what a tie goes to, and the order the in-process candidates run in
 COST_ORDER = ("mean", "knn", "mice", "jpvae", "mvae", "miwae", "tae")
 DEFAULT_BUDGET = 1800.0  # seconds, in-process
@@ -58,7 +60,7 @@ def parse_candidates(candidates) -> dict[str, dict]:
     else:
         raise ValueError(f"candidates must be a list of model names or a mapping name → parameters, got {candidates!r}")
     if not items:
-        raise ValueError(f"candidates is empty: name at least one model (default {list(DEFAULT_CANDIDATES)})")
+        raise ValueError(f"candidates is empty: name at least one model (default {DEFAULT_CANDIDATES})")
     for name, params in items.items():
         if name == AUTO:
             raise ValueError("candidates: 'auto' cannot be one of its own candidates")

@@ -89,12 +89,16 @@ def test_ties_go_to_the_cheaper_model():
     assert pick_winner(rows, 0.001) == "jpvae"
     assert pick_winner(rows, 0.25) == "knn"
     assert COST_ORDER.index("mean") < COST_ORDER.index("knn") < COST_ORDER.index("mice") < COST_ORDER.index("jpvae")
-    # end to end: with a wide tolerance every candidate ties with the best, and the cheapest wins
-    data = linear_views(200)
-    imp = mvi.MultiViewImputer("auto", candidates=["mice", "mean"], tie_tolerance=0.9, **FAST).fit(data)
+    # end to end: on views with no relation between their columns, the column mean and KNN score
+    # alike; within the tolerance the cheaper (the mean) wins whichever scored lower
+    rng = np.random.default_rng(1)
+    noise = MultiViewData({"a": rng.normal(size=(200, 6)), "b": rng.normal(size=(200, 4))})
+    imp = mvi.MultiViewImputer("auto", candidates=["knn", "mean"], tie_tolerance=0.2, **FAST).fit(noise)
     scores = {r["model"]: r["val_score"] for r in imp.selection_["candidates"]}
-    assert scores["mice"] < scores["mean"] <= 1.9 * scores["mice"], scores
+    assert abs(scores["knn"] - scores["mean"]) <= 0.2 * min(scores.values()), scores
     assert imp.model_name == "mean"
+    strict = mvi.MultiViewImputer("auto", candidates=["knn", "mean"], tie_tolerance=0.0, **FAST).fit(noise)
+    assert strict.model_name == min(scores, key=scores.get)
 
 
 def test_the_table_is_in_the_checkpoint_and_survives_save_and_load(tmp_path):
@@ -157,8 +161,73 @@ def test_cli_fit_model_auto_prints_the_table(tmp_path):
                                    "-p", "calibration_samples=20", "--no-progress"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "candidates ranked on val_crps" in res.output
-    assert re.search(r"^mean\S*\s+\d", res.output, flags=re.M) and re.search(r"^knn\S*\s+\d", res.output, flags=re.M)
+    assert re.search(r"^mean( \*)?\s+\d", res.output, flags=re.M), res.output
+    assert re.search(r"^knn( \*)?\s+\d", res.output, flags=re.M), res.output
     assert re.search(r"fitted auto → (mean|knn) on \d+ samples", res.output), res.output
     assert mvi.MultiViewImputer.load(out).selection_["winner"] in ("mean", "knn")
     bad = CliRunner().invoke(app, ["fit", "--model", "auto", "-p", "budget=0", "--out", str(out)])
     assert bad.exit_code != 0 and "budget" in bad.output
+
+
+# ----------------------------------------------------------------------------- the jobs: train and tune
+
+
+def _job(root, name: str, candidates) -> tuple[dict, str]:
+    config = {
+        "data": "digits-halves",
+        "model": "auto",
+        "model_params": {"candidates": candidates},
+        "train": {"epochs": 2, "patience": None, "val_frac": 0.15, "val_samples": 10, "calibration_samples": 20},
+        "cluster": {"storage_path": str(root / "ray")},
+        "mlflow": {"experiment": "auto-test"},
+        "tune": {"num_samples": 1, "scheduler": "fifo", "name": name},
+    }
+    return config, f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.mark.slow
+def test_tune_model_auto_runs_each_candidate_as_a_trial_and_registers_the_winner(ray_session, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mvimpute.jobs.tune import tune_main
+    from mvimpute.registry import fetch_checkpoint
+
+    tiny = {"hidden": [32], "latent_dim": 4, "kl_cycles": 0, "prior": "orthogonal", "conditional": "prior"}
+    config, uri = _job(tmp_path, "auto-sweep", {"mean": {}, "knn": {}, "jpvae": tiny})
+    out = tune_main(config, tracking_uri=uri, echo=False)
+    t = out.table
+    assert sorted(t["candidate.model"]) == ["jpvae", "knn", "mean"] and t["completed"].all(), t.to_string()
+    assert t["final_score"].notna().all(), t.to_string()
+    per_model = [{"model": m, "val_score": s} for m, s in zip(t["candidate.model"], t["final_score"], strict=True)]
+    winner = pick_winner(per_model, 0.01)
+    champion = t[t["champion"]].iloc[0]
+    assert champion["candidate.model"] == winner and out.best_trial == champion["trial_id"]
+    client = MlflowClient(uri, registry_uri=uri)
+    parent = client.get_run(out.parent_run_id)
+    assert parent.data.params["auto.winner"] == winner
+    assert {f"auto.{m}.val_score" for m in ("mean", "knn", "jpvae")} <= set(parent.data.metrics)
+    path, _ = fetch_checkpoint("models:/mvimpute-auto@champion", uri, tmp_path / "dl")
+    loaded = mvi.MultiViewImputer.load(path)
+    assert loaded.model_name == winner and loaded.selection_["winner"] == winner
+    assert {r["model"] for r in loaded.selection_["candidates"]} == {"mean", "knn", "jpvae"}
+
+
+@pytest.mark.slow
+def test_train_model_auto_runs_the_candidates_and_logs_the_table(ray_session, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from mvimpute.jobs.train import train_main
+
+    config, uri = _job(tmp_path, "auto-train", ["mean", "knn"])
+    del config["tune"]
+    res = train_main(config, tracking_uri=uri, run_name="auto-train", echo=True)
+    printed = capsys.readouterr().out
+    assert "candidates ranked on val_crps" in printed and re.search(r"^knn( \*)?\s+\d", printed, flags=re.M), printed
+    loaded = mvi.MultiViewImputer.load(res.checkpoint_path)
+    sel = loaded.selection_
+    assert [r["model"] for r in sel["candidates"]] == ["mean", "knn"] and loaded.model_name == sel["winner"]
+    assert sel["winner"] == pick_winner(sel["candidates"], sel["tie_tolerance"])
+    run = MlflowClient(uri).get_run(res.run_id)
+    assert run.data.params["auto.winner"] == sel["winner"]
+    assert {"auto.mean.val_score", "auto.knn.val_score"} <= set(run.data.metrics)
+    assert res.model_uri == "models:/mvimpute-auto@champion"

@@ -468,6 +468,7 @@ class SearchOutcome:
     table: object
     best: object  # the best completed trial's row (a pandas Series), or None
     grid: object
+    selection: dict | None = None  # model="auto": the candidates' table
 
     @property
     def num_errors(self) -> int:
@@ -489,7 +490,8 @@ def run_search(
         tune.with_parameters(run_trial, trial=trial),  # the prepared data travel once, through the object store
         dict(trial_resources or trial.worker_resources),
     )
-    lines = _TrialLines(st.num_samples * (2 if st.space.uses_grid() else 1), echo)
+    total = getattr(st.space, "n_trials", None) or st.num_samples * (2 if st.space.uses_grid() else 1)
+    lines = _TrialLines(total, echo)
     if resume and tune.Tuner.can_restore(st.path):
         tuner = tune.Tuner.restore(st.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

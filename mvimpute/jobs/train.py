@@ -14,6 +14,7 @@ from ..config import TrainJobConfig, flag_overrides, load_job_config
 from ..engine.callbacks import EpochLines, RunCallback
 from ..engine.request import Resources, RunRequest, Storage, make_request
 from ..engine.runner import RunResult, resume_state, train
+from ..names import AUTO
 
 
 @dataclass
@@ -25,14 +26,22 @@ class TrainJobResult:
 
 
 def job_request(job: TrainJobConfig, model_params: Mapping | None = None) -> RunRequest:
-    """The run request of a job config, built once (the model config validated here)."""
+    """The run request of a job config, built once (the model config validated here). For
+    `model="auto"`, the request of its cheapest candidate (the other candidates' differ in the model alone)."""
+    if job.model == AUTO:
+        from .auto import candidate_job, settings_of
+
+        job = candidate_job(job, *next(iter(settings_of(job).candidates.items())))
     cluster = job.cluster
     return make_request(
         job.model,
         job.model_params if model_params is None else model_params,
         job.train,
         resources=Resources(
-            cluster.num_workers, cluster.use_gpu, cluster.resources_per_worker, cluster.wait_for_resources,
+            cluster.num_workers,
+            cluster.use_gpu,
+            cluster.resources_per_worker,
+            cluster.wait_for_resources,
             cluster.min_workers,
         ),
         storage=Storage(
@@ -84,6 +93,10 @@ def train_main(
 
 def run_job(job: TrainJobConfig, echo: bool = True) -> TrainJobResult:
     """A loaded job config run: request, data, resources, callbacks, Ray Train run, summary."""
+    if job.model == AUTO:
+        from .auto import run_auto_train
+
+        return run_auto_train(job, echo)
     check_data(job)
     state = resume_state(job.resume_from, job.model)  # a damaged checkpoint fails before MLflow or Ray
     request = job_request(job, state["model_config"] if state is not None else None)

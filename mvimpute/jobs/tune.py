@@ -35,6 +35,7 @@ from ..engine.search import (
     run_search,
     selection_start_of,
 )
+from ..names import AUTO
 from .train import check_data, given_keys, job_request
 
 PLOT_PARAMS = {"tae": ["model_params.C", "model_params.lam"], "jpvae": ["model_params.alpha"]}
@@ -82,7 +83,9 @@ def _settings(job: TuneJobConfig, request, space: SearchSpace, name: str, concur
         space=space,
         name=name,
         storage=request.storage.path,
-        num_samples=t.num_samples,
+        # model="auto": every candidate's trials are in the grid once; ranked on the final models' scores
+        num_samples=1 if job.model == AUTO else t.num_samples,
+        rank_by="final_score" if job.model == AUTO else "score",
         concurrency=concurrency,
         search=t.search,
         scheduler=t.scheduler,
@@ -131,6 +134,10 @@ class SweepRun(RunCallback):
         try:
             if outcome is not None:
                 self.model_uri = track_sweep(ref, self.job, self.space, outcome.table, outcome.best)
+                if getattr(outcome, "selection", None) is not None:
+                    from .auto import _log_selection
+
+                    _log_selection(ref, outcome.selection)
                 status = status if outcome.num_errors == 0 else "FAILED"
         finally:
             tr.end_run(ref, status)
@@ -153,8 +160,14 @@ def tune_main(
     name = flags.get("name")
     job, state = _load(config, overrides, flags, resume, name)
     request = job_request(job)
-    space_path = job.tune.space or str(default_space(job.model))
-    sp = load_space(space_path, job.model)  # a bad space fails before Ray, MLflow or any trial
+    if job.model == AUTO:  # a grid over the candidates, each with its own space: Optuna cannot take it
+        from .auto import candidate_space
+
+        job.tune.search = "random"
+        sp = candidate_space(job, job.tune.num_samples)
+    else:
+        space_path = job.tune.space or str(default_space(job.model))
+        sp = load_space(space_path, job.model)  # a bad space fails before Ray, MLflow or any trial
     _resolve_runner(job)
     check_data(job)
     sweep_name = job.tune.name or (state or {}).get("name") or f"{job.model}-sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -211,15 +224,43 @@ def _search(
         from .tracking import TrialRuns
 
         trial_callbacks = TrialRuns(tr.RunRef(**parent), job.mlflow.experiment, settings.name)
-    trial = Trial(request, prepared, settings, worker_res, trial_callbacks, fault_from_env())
+    candidates = None
+    if job.model == AUTO:
+        from .auto import candidate_job, settings_of
+
+        n = rmv.dataset.count()
+        candidates = {}
+        for name, params in settings_of(job).candidates.items():
+            cj = candidate_job(job, name, params)
+            candidates[name] = job_request(cj).sized_for(n, given_keys(cj))
+    trial = Trial(request, prepared, settings, worker_res, trial_callbacks, fault_from_env(), candidates)
     outcome = run_search(trial, resume=resume, trial_resources=trial_res, echo=echo)
+    if job.model == AUTO:
+        _auto_champion(job, request, outcome)
     write_outputs(settings.path, job, settings.space, outcome.table)
     return outcome
+
+
+def _auto_champion(job: TuneJobConfig, request, outcome) -> None:
+    """model="auto": the champion is the best trial of the model the tie rule picks; its checkpoint
+    gets the candidates' table (`selection`), which the outcome keeps for the sweep's MLflow run."""
+    from .auto import add_selection, selection_from_table, settings_of
+
+    table = outcome.table
+    selection, trial_id = selection_from_table(table, settings_of(job), f"val_{request.train.val_score}")
+    outcome.selection = selection
+    if trial_id is None:
+        return
+    table["champion"] = table["trial_id"] == trial_id
+    outcome.best = table.loc[table["champion"]].iloc[0]
+    add_selection(outcome.best["checkpoint"], selection)
 
 
 def _plot(job: TuneJobConfig, sp: SearchSpace, table):
     from .. import plots
 
+    if job.model == AUTO:  # the swept "parameter" is the model's name: the results table says it all
+        return None
     params = [p for p in PLOT_PARAMS.get(job.model, sp.swept()) if p in table] or sp.swept()[:4]
     return plots.sweep_scores(table, params, "score", sp.log_scale()) if len(table) else None
 
