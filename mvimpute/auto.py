@@ -141,102 +141,6 @@ def selection_table(rows: Sequence[Mapping], winner: str | None) -> str:
     return "\n".join(line.rstrip() for line in out)
 
 
-def fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> None:
-    """Fit `imp` (a `MultiViewImputer(model="auto")`): every candidate in turn, the winner kept in `imp`,
-    the table in `imp.selection_`. `on_candidate(name, row)` runs after each candidate."""
-    import time
-    from dataclasses import replace
-
-    from .data.multiview import as_multiview, check_magnitude
-    from .imputer import MultiViewImputer
-    from .training import calibration_sets, final_validation_score
-
-    settings: AutoSettings = imp.auto_
-    data = as_multiview(views, imp.likelihoods or None)
-    data.check_no_empty_rows()
-    for v, a in data.views.items():
-        check_magnitude(v, a, data.columns[v])
-    train_params = dict(imp.auto_train_params_)
-    calibrate = train_params.pop("calibrate", True)
-    budget = settings.budget
-    t0 = time.perf_counter()
-    rows: list[dict] = []
-    fitted: dict[str, MultiViewImputer] = {}
-    for name, params in settings.candidates.items():
-        elapsed = time.perf_counter() - t0
-        row = {"model": name, "params": dict(params)}
-        if budget is not None and rows and elapsed >= budget:
-            note = f"the budget of {budget:g} s was spent ({elapsed:.0f} s) before it started"
-            row.update(status="skipped", note=note)
-            rows.append(row)
-            if on_candidate is not None:
-                on_candidate(name, row)
-            continue
-        cand = MultiViewImputer(
-            name, likelihoods=imp.likelihoods or None, scalings=imp.scalings or None,
-            **params, **train_params, calibrate=False,
-        )  # fmt: skip
-        one_pass = _one_pass(name)
-        limit = None if (budget is None or one_pass) else max(budget - elapsed, 1e-3)
-        c0 = time.perf_counter()
-        cand.fit(data, validation=validation, on_epoch=on_epoch, time_limit=limit)
-        if cand.validation_set_ is None:
-            raise ValueError(
-                "model 'auto' ranks candidates on the validation split: give val_frac > 0 and at least "
-                f"20 samples (got {data.n_samples}), or validation data"
-            )
-        scores = final_validation_score(cand.model_, cand.validation_set_, cand.train_config)
-        row.update(
-            val_score=scores["val_score"],
-            val_crps=scores.get("val_crps", math.nan),
-            val_rmse=scores["val_rmse"],
-            fit_seconds=time.perf_counter() - c0,
-            epochs_run=len(cand.history_),
-            best_epoch=int(cand.best_epoch_ or 0),
-            status="ok",
-        )
-        if getattr(cand, "stopped_at_time_limit_", False):
-            row.update(status="stopped at budget", note=f"epochs stopped at the budget after {len(cand.history_)}")
-        rows.append(row)
-        fitted[name] = cand
-        if on_candidate is not None:
-            on_candidate(name, row)
-    winner_name = pick_winner(rows, settings.tie_tolerance)
-    winner = fitted[winner_name]
-    c0 = time.perf_counter()
-    cfg = replace(winner.train_config, calibrate=calibrate)
-    if calibrate:
-        val = winner.validation_set_
-        winner.model_.calibrate(calibration_sets(val, cfg.val_hide_frac, cfg.seed), cfg.calibration_samples)
-    for r in rows:
-        r["winner"] = r["model"] == winner_name
-    total = time.perf_counter() - t0
-    imp.model_name = winner_name
-    imp.model_params = dict(winner.model_params)
-    imp.train_config = cfg
-    imp.model_, imp.schema_ = winner.model_, winner.schema_
-    imp.history_, imp.best_epoch_ = winner.history_, winner.best_epoch_
-    imp.validation_index_, imp.validation_set_ = winner.validation_index_, winner.validation_set_
-    imp.fit_seconds_ = total
-    imp.selection_ = {
-        "metric": f"val_{cfg.val_score}",
-        "winner": winner_name,
-        "tie_tolerance": settings.tie_tolerance,
-        "budget_seconds": budget,
-        "cost_order": [c for c in COST_ORDER if c in settings.candidates]
-        + [c for c in settings.candidates if c not in COST_ORDER],
-        "seconds": total,
-        "calibration_seconds": time.perf_counter() - c0 if calibrate else 0.0,
-        "candidates": rows,
-    }
-
-
-def _one_pass(name: str) -> bool:
-    from .models import MODEL_REGISTRY
-
-    return bool(getattr(MODEL_REGISTRY[name], "one_pass", False))
-
-
 __all__ = [
     "AUTO",
     "AUTO_KEYS",
@@ -245,7 +149,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "TIE_TOLERANCE",
     "AutoSettings",
-    "fit_auto",
+    "cost_rank",
     "parse_candidates",
     "pick_winner",
     "selection_table",

@@ -209,12 +209,7 @@ def fit(
         console.echo(f"candidate {name}: {row['status']}, {score_text}")
 
     try:
-        if imp.auto_ is not None:
-            from .auto import fit_auto
-
-            fit_auto(imp, train_part, on_epoch=on_epoch, on_candidate=on_candidate)
-        else:
-            imp.fit(train_part, on_epoch=on_epoch)
+        imp.fit(train_part, on_epoch=on_epoch, on_candidate=on_candidate)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--data") from None
     imp.provenance_ = {"data": job.data, "test_frac": test_frac, "split_seed": split_seed}

@@ -16,7 +16,6 @@ the endpoint's `/metadata` show it.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 
 from ..auto import AutoSettings, pick_winner
@@ -130,100 +129,13 @@ def add_selection(checkpoint: str | None, selection: dict) -> bool:
     return True
 
 
-def run_auto_train(job: TrainJobConfig, echo: bool = True):
-    """`mvimpute train --model auto`: each candidate a Ray Train run on the data read once; the winner's
-    checkpoint gets the table; one MLflow run logs the table and registers the winner."""
-    from ..auto import selection_table
-    from ..engine.callbacks import EpochLines, run_with_callbacks
-    from ..engine.resources import plan_worker_resources
-    from ..engine.runner import prepare_for, read_data, run_training, start_ray
-    from .train import TrainJobResult, check_data, given_keys, job_request, summary_lines, tracking_callback
-
-    check_data(job)
-    settings = settings_of(job)
-    if job.resume_from:
-        raise ValueError("resume_from: model 'auto' fits every candidate anew; resume a candidate's run by its model")
-    base = job_request(job)
-    res = base.resources
-    per_worker = plan_worker_resources(
-        res.num_workers, res.use_gpu, res.per_worker, start_ray(), res.wait_for_resources
-    )
-    rmv = read_data(job.data, base.likelihoods, base.scalings)
-    n = rmv.dataset.count()
-    prepared = None
-    run_name = job.run_name or f"auto-{time.strftime('%Y%m%d-%H%M%S')}"
-    t0 = time.perf_counter()
-    rows, results = [], {}
-    for name, params in settings.candidates.items():
-        elapsed = time.perf_counter() - t0
-        row = {"model": name, "params": dict(params)}
-        if settings.budget is not None and rows and elapsed >= settings.budget:
-            row.update(status="skipped", note=f"the budget of {settings.budget:g} s was spent ({elapsed:.0f} s)")
-            rows.append(row)
-            continue
-        cj = candidate_job(job, name, params)
-        request = job_request(cj).sized_for(n, given_keys(cj)).with_storage(run_name=f"{run_name}-{name}")
-        if prepared is None:  # the split, scaling and data are the same for every candidate
-            prepared = prepare_for(request, rmv)
-        if echo:
-            print(f"candidate {name}", flush=True)
-        callbacks = [EpochLines(request.train.epochs)] if echo else []
-        c0 = time.perf_counter()
-        result = run_training(request, prepared, callbacks, worker_resources=per_worker)
-        scores = _final_scores(result.checkpoint_path)
-        row.update(
-            val_score=scores.get("val_score", math.nan),
-            val_crps=scores.get("val_crps", math.nan),
-            val_rmse=scores.get("val_rmse", math.nan),
-            fit_seconds=time.perf_counter() - c0,
-            epochs_run=len(result.history),
-            best_epoch=result.best_epoch,
-            status="ok",
-            run_name=result.run_name,
-        )
-        rows.append(row)
-        results[name] = result
-    winner = pick_winner(rows, settings.tie_tolerance)
-    for r in rows:
-        r["winner"] = r["model"] == winner
-    result = results[winner]
-    selection = {
-        "metric": f"val_{base.train.val_score}",
-        "winner": winner,
-        "tie_tolerance": settings.tie_tolerance,
-        "budget_seconds": settings.budget,
-        "cost_order": list(settings.candidates),
-        "seconds": time.perf_counter() - t0,
-        "candidates": rows,
-    }
-    add_selection(str(result.checkpoint_path), selection)
-    tracker = tracking_callback(job)
-    if tracker is not None:
-        win_request = job_request(candidate_job(job, winner, settings.candidates[winner]))
-
-        def log() -> object:
-            _log_selection(tracker.ref, selection)
-            return result
-
-        run_with_callbacks([tracker], run_name, win_request.with_storage(run_name=run_name), log)
-    run_id = tracker.run["run_id"] if tracker else None
-    model_uri = tracker.model_uri if tracker else None
-    if echo:
-        print(f"auto: candidates ranked on {selection['metric']} of the validation split (* the winner)", flush=True)
-        print(selection_table(rows, winner), flush=True)
-        uri = tracker.run["tracking_uri"] if tracker else None
-        for line in summary_lines(result, run_id, model_uri, uri, base.train.val_score):
-            print(line, flush=True)
-    return TrainJobResult(run_id, model_uri, result.checkpoint_path, result)
-
-
-def _final_scores(checkpoint) -> dict:
+def final_scores(checkpoint) -> dict:
     from ..checkpoint import read_checkpoint
 
     return dict(read_checkpoint(checkpoint).get("validation") or {})
 
 
-def _log_selection(ref, selection: dict) -> None:
+def log_selection(ref, selection: dict) -> None:
     """The table as MLflow params (`auto.winner`, `auto.candidates`, ...) and metrics (`auto.<model>.*`)."""
     from .. import tracking as tr
 
@@ -249,9 +161,11 @@ def _log_selection(ref, selection: dict) -> None:
 
 __all__ = [
     "CandidateSpace",
+    "final_scores",
+    "log_selection",
+    "settings_of",
     "add_selection",
     "candidate_job",
     "candidate_space",
-    "run_auto_train",
     "selection_from_table",
 ]

@@ -135,9 +135,9 @@ class SweepRun(RunCallback):
             if outcome is not None:
                 self.model_uri = track_sweep(ref, self.job, self.space, outcome.table, outcome.best)
                 if getattr(outcome, "selection", None) is not None:
-                    from .auto import _log_selection
+                    from .auto import log_selection
 
-                    _log_selection(ref, outcome.selection)
+                    log_selection(ref, outcome.selection)
                 status = status if outcome.num_errors == 0 else "FAILED"
         finally:
             tr.end_run(ref, status)
