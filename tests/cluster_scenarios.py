@@ -178,15 +178,21 @@ def mlflow_trials(tracking_uri: str, experiment: str) -> list[dict]:
     return [{"trial": r.data.tags["mvimpute.trial_id"], "status": r.info.status} for r in runs]
 
 
-def trial_checkpoints(storage_uri: str, trial_id: str) -> list[str]:
-    """The checkpoint folders a trial's Ray Train run has written (`<storage>/<trial id>/checkpoint_*`)."""
+def trial_checkpoints(sweep_uri: str, trial_id: str) -> list[str]:
+    """The checkpoint folders a trial has written: in Tune's trial folder (`<sweep>/<…trial id…>/`, a
+    trial trained in its own process) or its Ray Train run's (`<sweep>-trials/<trial id>/`)."""
     import pyarrow.fs as pafs
 
     from mvimpute import storage
 
-    fs, inner = storage.filesystem(f"{storage_uri}/{trial_id}")
-    found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    return sorted(i.base_name for i in found if i.base_name.startswith("checkpoint_"))
+    found = []
+    for parent in (sweep_uri, f"{sweep_uri}-trials"):
+        fs, inner = storage.filesystem(parent)
+        for d in fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True)):
+            if d.type == pafs.FileType.Directory and trial_id in d.base_name:
+                inside = fs.get_file_info(pafs.FileSelector(d.path))
+                found += [f"{d.base_name}/{i.base_name}" for i in inside if i.base_name.startswith("checkpoint_")]
+    return sorted(found)
 
 
 def stored_trial_states(uri: str) -> dict[str, str]:
@@ -240,10 +246,11 @@ def sweep(workdir: Path) -> dict:
         driver.wait()
         before = mlflow_trials(uri, "sweep")
         stored = stored_trial_states(f"s3://{BUCKET}/sweeps/survivor")
-        trials = f"s3://{BUCKET}/sweeps/survivor-trials"
+        trials = f"s3://{BUCKET}/sweeps/survivor"
         saved_before = {t["trial"]: trial_checkpoints(trials, t["trial"]) for t in before}
         second = subprocess.run([exe, "tune", "--resume", *args], cwd=second_dir, env=env, capture_output=True,
                                 text=True, timeout=900)  # fmt: skip
+        (second_dir / "driver.log").write_text(f"{second.stdout}\n--- stderr ---\n{second.stderr}")
         if second.returncode != 0:
             raise RuntimeError(f"the resumed sweep failed: {second.stdout[-3000:]} {second.stderr[-5000:]}")
         after = mlflow_trials(uri, "sweep")

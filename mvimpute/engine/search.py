@@ -420,17 +420,20 @@ def _train_trial(trial: Trial, trial_id: str, request: RunRequest, callbacks: li
                report_placement_group=True)  # fmt: skip
 
 
-def _trial_checkpoints(settings: SearchSettings, trial_id: str, request: RunRequest) -> tuple[str, str | None]:
-    """(folder, run name) under which a trial's checkpoints lie: its Ray Train run's
-    (`<path>-trials/<trial id>`), or for a local trial Tune's own trial folder (`<path>/<…trial id…>`)."""
+def _trial_checkpoints(settings: SearchSettings, trial_id: str, request: RunRequest) -> list[tuple[str, str]]:
+    """(folder, run name) pairs under which a trial's checkpoints may lie: its Ray Train run's
+    (`<path>-trials/<trial id>`), or for a local trial each of Tune's folders of the trial
+    (`<path>/<…trial id…>`: a restored trial may get a new one beside the old)."""
     if settings.runner != "local":
-        return request.storage.path, request.storage.run_name
+        return [(request.storage.path, request.storage.run_name)]
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(settings.path)
     found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    mine = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and trial_id in i.base_name)
-    return settings.path, (mine[-1] if mine else None)
+    return [
+        (settings.path, name)
+        for name in sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and trial_id in i.base_name)
+    ]
 
 
 def _report_finished(settings: SearchSettings, trial_id: str, request: RunRequest) -> bool:
@@ -442,10 +445,14 @@ def _report_finished(settings: SearchSettings, trial_id: str, request: RunReques
 
     from .worker import newest_checkpoint_at
 
-    found = newest_checkpoint_at(*_trial_checkpoints(settings, trial_id, request))
-    if found is None or not found[1].get("distributed", {}).get("final"):
+    finals = [
+        found
+        for where in _trial_checkpoints(settings, trial_id, request)
+        if (found := newest_checkpoint_at(*where)) is not None and found[1].get("distributed", {}).get("final")
+    ]
+    if not finals:
         return False
-    path, state = found
+    path, state = finals[-1]
     loop = state["loop"]
     ray.tune.report(
         {
