@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="40,100,1000", help="Samples per data set (before the 80/20 split).")
     p.add_argument("--mechanisms", default="mcar,view")
     p.add_argument("--rates", default="0.2,0.5")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default=None, help="Seeds of split and masks (default 0); with --table, the seeds shown.")
     p.add_argument(
         "--candidates", default=None, help="auto's candidates (names), each also fitted alone; default: auto's own."
     )
@@ -93,7 +93,7 @@ def run(args) -> None:
     for name in _items(args.data):
         for n in _items(args.sizes, int):
             data = load_sized(name, n)
-            for seed in _items(args.seeds, int):
+            for seed in _items(args.seeds or "0", int):
                 for mech in _items(args.mechanisms):
                     for rate in _items(args.rates, float):
                         perm = np.random.default_rng(seed).permutation(data.n_samples)
@@ -132,12 +132,13 @@ def run(args) -> None:
                             )
 
 
-def summary(path: Path) -> str:
+def summary(path: Path, seeds: list[int] | None = None) -> str:
     """Markdown: per cell (data, n, mechanism, rate), means over the seeds run: auto's pick(s), its
     RMSE and CRPS over the best single candidate's, its coverage, the column mean's RMSE and CRPS,
     and auto's fit time over the sum of its candidates' (CPU time: the fits run with one torch thread,
     and wall time on shared cores follows the other processes' load)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if seeds is None or r["seed"] in seeds]
     cells = sorted({(r["data"], r["n"], r["mechanism"], r["rate"]) for r in rows})
     head = ("| data | n | hidden | seeds | auto picked | RMSE auto / best (best) | CRPS auto / best (best) "
             "| 90 % cov. auto | RMSE / CRPS mean | auto CPU s / Σ candidates' |")  # fmt: skip
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not args.table:
         run(args)
-    print(summary(args.out))
+    print(summary(args.out, _items(args.seeds, int) if args.seeds else None))
 
 
 if __name__ == "__main__":
