@@ -128,6 +128,14 @@ def test_a_candidate_past_the_budget_is_reported_as_skipped():
         assert rows[name]["status"] == "skipped" and "budget" in rows[name]["note"]
 
 
+def test_a_deep_candidate_stops_its_epochs_at_the_time_left():
+    data = linear_views(150)
+    imp = mvi.MultiViewImputer("jpvae", **TINY_JPVAE, **{**FAST, "epochs": 10_000, "patience": None})
+    imp.fit(data, time_limit=0.5)
+    assert imp.stopped_at_time_limit_ and 1 <= len(imp.history_) < 10_000
+    assert imp.best_epoch_ >= 1  # the best epoch so far is kept
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
