@@ -461,6 +461,7 @@ def _report_finished(settings: SearchSettings, trial_id: str, request: RunReques
             "best_epoch": loop["best_epoch"],
             "best_score": loop["best_score"],
             "score": loop["best_score"],
+            "final_score": float((state.get("validation") or {}).get("val_score", math.nan)),
             "checkpoint_path": path,
             "restored": 1.0,
         }
