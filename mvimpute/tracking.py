@@ -87,8 +87,9 @@ def start_run(
 ) -> RunRef:
     """Start an MLflow run (creating the experiment if needed) and point mlflow at its store;
     `parent_run_id` makes it a child run (a sweep's trial). With `adopt_tag` (a key of `tags`), a run
-    of the experiment with the same parent and that tag's value is taken up again instead (its
-    status back to RUNNING): a trial a restored search runs again keeps its one run."""
+    of the experiment with the same parent and that tag's value that did not fail is taken up again
+    instead (its status back to RUNNING): a trial a restored search runs again (it was cut off with
+    its driver, or ended unrecorded) keeps its one run; a failed attempt keeps its own."""
     given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
@@ -100,7 +101,7 @@ def start_run(
         all_tags["mlflow.parentRunId"] = parent_run_id
     if adopt_tag is not None:
         value = all_tags[adopt_tag]
-        query = f"tags.`{adopt_tag}` = '{value}'"
+        query = f"tags.`{adopt_tag}` = '{value}' and attributes.status != 'FAILED'"
         if parent_run_id:
             query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
         found = client.search_runs([exp_id], filter_string=query, max_results=1)
@@ -166,6 +167,7 @@ PYFUNC_PARAMS = {"n_samples": 100, "return": ["mean"], "level": 0.9}
 # closure of pyfunc_model.py (MLflow keeps that file itself beside the code) and of the predictor
 MODEL_CODE = (
     "__init__.py",
+    "auto.py",
     "batch.py",
     "checkpoint.py",
     "config.py",

@@ -232,8 +232,9 @@ def test_the_registry_is_the_given_store_whatever_another_run_left_behind(logged
 
 
 def test_a_trial_run_again_takes_up_its_run_and_no_other(tmp_path):
-    """A restored sweep's trial adopts the child run of the same parent with its trial id (status back to
-    RUNNING); another trial id, another parent, or no adoption give new runs."""
+    """A restored sweep's trial adopts the child run of the same parent with its trial id that did not
+    fail (status back to RUNNING); another trial id, another parent, no adoption or a failed attempt
+    give new runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_run("adopt", "sweep", tracking_uri=uri)
     other = tracking.start_run("adopt", "sweep-2", tracking_uri=uri)
@@ -245,8 +246,11 @@ def test_a_trial_run_again_takes_up_its_run_and_no_other(tmp_path):
         ).run_id  # fmt: skip
 
     first = trial("t1", parent.run_id)
-    tracking.end_run(tracking.RunRef(uri, first, parent.experiment_id), "FAILED")
+    tracking.end_run(tracking.RunRef(uri, first, parent.experiment_id), "FINISHED")
     assert trial("t1", parent.run_id) == first
     assert tracking.MlflowClient(uri).get_run(first).info.status == "RUNNING"
     ids = {first, trial("t2", parent.run_id), trial("t1", other.run_id), trial("t1", parent.run_id, adopt=False)}
     assert len(ids) == 4
+    failed = trial("t3", parent.run_id)
+    tracking.end_run(tracking.RunRef(uri, failed, parent.experiment_id), "FAILED")
+    assert trial("t3", parent.run_id) != failed  # a failed attempt keeps its run; the rerun gets its own
