@@ -531,6 +531,12 @@ def run_search(
             ),
         )
     grid = tuner.fit()
+    if resume and grid.num_errors:
+        # A trial that went on after the last stored search state may have pruned the checkpoint that
+        # state names (two are kept), and Tune then cannot restore it. Started once more from scratch,
+        # it finds its own final checkpoint and reports it (`_report_finished`), or trains again.
+        tuner = tune.Tuner.restore(st.path, trainable=trainable, restart_errored=True)
+        grid = tuner.fit()
     table = results_table(grid, st.space.swept(), st.storage)
     done = table[table["completed"]] if len(table) else table
     ranked = done[done[st.rank_by].notna()] if len(done) else done
