@@ -448,24 +448,13 @@ def _report_finished(settings: SearchSettings, trial_id: str, request: RunReques
     finals = [
         found
         for where in _trial_checkpoints(settings, trial_id, request)
-        if (found := newest_checkpoint_at(*where)) is not None and found[1].get("distributed", {}).get("final")
+        if (found := newest_checkpoint_at(*where)) is not None and (found[1].get("summary") or {}).get("final")
     ]
     if not finals:
         return False
     path, state = finals[-1]
-    loop = state["loop"]
-    ray.tune.report(
-        {
-            "epoch": loop["epoch"],
-            "final": 1.0,
-            "best_epoch": loop["best_epoch"],
-            "best_score": loop["best_score"],
-            "score": loop["best_score"],
-            "final_score": float((state.get("validation") or {}).get("val_score", math.nan)),
-            "checkpoint_path": path,
-            "restored": 1.0,
-        }
-    )
+    # the final checkpoint holds the very metrics its run reported last (`WorkerRun.run`)
+    ray.tune.report({**state["summary"], "checkpoint_path": path, "restored": 1.0})
     return True
 
 
@@ -522,7 +511,10 @@ def run_search(
                 name=st.name,
                 storage_path=st.storage,
                 failure_config=tune.FailureConfig(max_failures=0),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # local trials' checkpoints
+                # local trials' checkpoints, all kept: a restored search restores a trial from the one its
+                # stored state names, which a trial that went on after that state was stored would have
+                # pruned (Tune: "does not exist on storage anymore"). A Ray Train trial keeps its own two.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if st.runner == "local" else 2),
                 # the search's state reaches object storage every SYNC_PERIOD_S (Ray's default: 300 s), so a
                 # driver that dies loses at most that much of it: trials that ended within it run again
                 sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
@@ -531,12 +523,6 @@ def run_search(
             ),
         )
     grid = tuner.fit()
-    if resume and grid.num_errors:
-        # A trial that went on after the last stored search state may have pruned the checkpoint that
-        # state names (two are kept), and Tune then cannot restore it. Started once more from scratch,
-        # it finds its own final checkpoint and reports it (`_report_finished`), or trains again.
-        tuner = tune.Tuner.restore(st.path, trainable=trainable, restart_errored=True)
-        grid = tuner.fit()
     table = results_table(grid, st.space.swept(), st.storage)
     done = table[table["completed"]] if len(table) else table
     ranked = done[done[st.rank_by].notna()] if len(done) else done

@@ -293,6 +293,7 @@ class WorkerRun:
             "imputer": self.plan.imputer,
             "data": self.plan.source,
             "validation": getattr(self, "final_scores", None),  # the final model's validation scores
+            "summary": getattr(self, "summary", None) if final else None,  # the final report's metrics
         }
 
     def _report(self, metrics: dict, epoch: int, save: bool, final: bool = False) -> None:
@@ -357,7 +358,7 @@ class WorkerRun:
         self.final_scores = final_validation_score(self.loop.module, val_set, self.cfg) if self.env.rank == 0 else {}
         final = self.final_scores.get("val_score", float("nan"))
         score = final if self.loop.module.one_pass and val_set is not None else best.best_score
-        summary = {
+        self.summary = summary = {
             "epoch": self.loop.epoch,
             "final": 1.0,
             "best_epoch": best.best_epoch,
