@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from .auto import AUTO, AutoSettings, pick_winner
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
+from .files import atomic_write
 from .models import MODEL_REGISTRY
 from .models.base import config_from_kwargs, module_device
 from .training import (
@@ -90,7 +92,15 @@ class MultiViewImputer:
 
     # -- training
     def fit(
-        self, views, validation=None, on_epoch=None, *, time_limit: float | None = None, on_candidate=None
+        self,
+        views,
+        validation=None,
+        on_epoch=None,
+        *,
+        time_limit: float | None = None,
+        on_candidate=None,
+        resume_file: str | Path | None = None,
+        resume_every: int = 1,
     ) -> MultiViewImputer:
         """Train on `views` (dict of arrays/DataFrames with NaN for missing, or `MultiViewData`).
 
@@ -103,8 +113,16 @@ class MultiViewImputer:
         `model="auto"`: every candidate fitted in turn and ranked on the validation score; the
         winner becomes this imputer's model (`model_name`), the table is `selection_` (see `auto.py`);
         `on_candidate(name, row)` runs after each candidate.
+
+        With `resume_file`, the run's state (weights, optimiser, epoch, history, best weights, random
+        state) is written there, whole or not at all, every `resume_every` epochs; a `fit` that finds
+        the file picks the run up after the last epoch it holds, so a long fit stopped at any point
+        loses at most `resume_every` epochs and ends with the same weights as an unbroken one (same
+        device and threads). A file from another model or settings is a `ValueError`.
         """
         if self.auto_ is not None:
+            if resume_file is not None:
+                raise ValueError("resume_file applies to one model's fit, not to model='auto'")
             _fit_auto(self, views, validation, on_epoch, on_candidate)
             return self
         data = as_multiview(views, self.likelihoods or None)
@@ -134,6 +152,8 @@ class MultiViewImputer:
             val_set = make_validation_set(val_batch, cfg)
         loop = TrainingLoop(self.model_, cfg, device)
         steps = steps_per_epoch(len(train_batch), cfg.batch_size)
+        if resume_file is not None:
+            on_epoch = _resumable(Path(resume_file), resume_every, self, loop, len(train_batch), on_epoch)
         t0 = time.perf_counter()
         result = loop.run(
             shuffled_batches(train_batch, cfg.batch_size, cfg.seed), steps, val_set, on_epoch=on_epoch,
@@ -276,6 +296,54 @@ class MultiViewImputer:
         imp.best_epoch_ = state.get("best_epoch", (state.get("loop") or {}).get("best_epoch"))
         imp.selection_ = state.get("selection")
         return imp
+
+
+def _resume_key(imp: MultiViewImputer, n_train: int) -> str:
+    """What a resume file must match: the model, its settings (progress aside) and the training rows' count."""
+    train = {k: v for k, v in asdict(imp.train_config).items() if k != "progress"}
+    return json.dumps(
+        {"model": imp.model_name, "params": imp.model_params, "train": train, "n_train": n_train},
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _resumable(path: Path, every: int, imp: MultiViewImputer, loop: TrainingLoop, n_train: int, on_epoch):
+    """Restore `loop` and `imp.model_` from `path` when it exists; return an `on_epoch` that writes
+    the state there every `every` epochs (and after the last) before calling `on_epoch`.
+
+    By hand: `TrainingLoop` already has `state_dict`; what a resumable in-process fit adds is the
+    file (atomic), the key check and the random state, which no library here provides for a bare loop."""
+    if every < 1:
+        raise ValueError(f"resume_every must be >= 1, got {every}")
+    key = _resume_key(imp, n_train)
+    if path.exists():
+        state = torch.load(path, map_location=imp._device(), weights_only=False)
+        if not isinstance(state, dict) or state.get("key") != key:
+            raise ValueError(
+                f"resume_file {path} holds another run (model, settings or training rows differ); "
+                "remove it or give another path"
+            )
+        imp.model_.load_state_dict(state["model"])
+        loop.load_state_dict(state["loop"])
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save_then(epoch: int, metrics: dict, improved: bool) -> None:
+        if (epoch + 1) % every == 0 or epoch + 1 == loop.config.epochs:
+            state = {
+                "key": key,
+                "model": imp.model_.state_dict(),
+                "loop": loop.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, improved)
+
+    return save_then
 
 
 def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import mvimpute as mvi
 from mvimpute.baselines import mean_imputer
@@ -78,3 +79,35 @@ def test_shuffled_chunk_batches_draw_every_row_once(sizes):
         runs.append(rows)
     if start > 16:
         assert not torch.equal(runs[0], runs[1])  # another epoch seed, another order
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("model", ["tae", "mvae"])
+def test_a_fit_stopped_midway_resumes_to_the_unbroken_runs_weights(digits, model, tmp_path):
+    train, _ = digits
+    small = dict(epochs=4, hidden=24, latent_dim=4, batch_size=128, seed=3, progress=False)
+    if model == "tae":
+        small.update(prior_hidden=8, prior_latent_dim=2)
+    whole = mvi.MultiViewImputer(model, **small).fit(train)
+
+    def stop_after_second(epoch, metrics, improved):
+        if epoch == 1:
+            raise _Stop
+
+    resume = tmp_path / "run.pt"
+    with pytest.raises(_Stop):
+        mvi.MultiViewImputer(model, **small).fit(train, on_epoch=stop_after_second, resume_file=resume)
+    seen = []
+    resumed = mvi.MultiViewImputer(model, **small).fit(
+        train, on_epoch=lambda e, m, i: seen.append(e), resume_file=resume
+    )
+    assert seen == [2, 3]  # only the epochs the file did not hold were trained again
+    assert [h["train_loss"] for h in resumed.history_] == pytest.approx([h["train_loss"] for h in whole.history_])
+    assert resumed.best_epoch_ == whole.best_epoch_
+    for (k, a), b in zip(whole.model_.state_dict().items(), resumed.model_.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="holds another run"):
+        mvi.MultiViewImputer(model, **{**small, "lr": 5e-4}).fit(train, resume_file=resume)
