@@ -13,6 +13,8 @@ Ray Train vs in-process (throughput; peak memory as the Parquet input grows 10x)
 A sweep's cost per trial (a Ray Train trial and a local sweep's trials vs the same fit in-process, alternated):
     python jobs/bench.py tune-trial-cost --repeats 3 --epochs 10
     python jobs/bench.py tae-sweep --data mnist-5k --epochs 40 --num-samples 10
+TAE vs MVAE as the step budget grows (resumable; several processes may share the output folder):
+    python jobs/bench.py tae-budget --steps 2000 8000 32000 --seeds 0 1 2 --one-seed-from 32000
 Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import torch` for scale):
     python jobs/bench.py cli-startup --repeats 5
 Serving and batch imputation (loopback only, bounded request counts; docs/serving.md):
@@ -110,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, default=1, help="torch threads in-process (a Ray worker with 1 CPU runs 1)")
     w.add_argument("--local-trials", type=int, default=3, help="identical trials in the local runner's sweep")
     w.add_argument("--out", default="outputs/bench")
+    tb = sub.add_parser("tae-budget", help="TAE vs MVAE as the optimiser-step budget grows (MNIST-5k, resumable)")
+    tb.add_argument("--steps", type=int, nargs="+", default=[2000, 8000, 32000])
+    tb.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    tb.add_argument("--one-seed-from", type=int, default=32000, help="budgets from this one run the first seed only")
+    tb.add_argument("--configs", nargs="+", default=["mvae", "tae", "tae_paper"])
+    tb.add_argument("--eval-elbo-steps", type=int, default=2000)
+    tb.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    tb.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
+    tb.add_argument("--resume-every", type=int, default=5, help="epochs between a run's resume files")
+    tb.add_argument("--report-only", action="store_true", help="only the table and figure from the runs so far")
+    tb.add_argument("--out", default="outputs/bench/tae_budget")
+    tb.add_argument("--figure", default="docs/img/tae_budget.png", help="PNG path; '' for none")
     c = sub.add_parser("cli-startup", help="wall time of `mvimpute --help` against `import torch`, alternated")
     c.add_argument("--repeats", type=int, default=5)
     sl = sub.add_parser("serve-latency", help="endpoint req/s, p50/p99: batched vs not, point vs draws, no-op, raw")
@@ -163,6 +177,14 @@ def main(argv: list[str] | None = None) -> None:
             bc.cluster_batch(args.rows, args.repeats, args.batch_size, args.out)
         else:
             bc.batch_driver_memory(tuple(args.sizes), args.batch_size, args.out)
+        return
+    if args.bench == "tae-budget":
+        import tae_budget  # beside this file
+
+        tae_budget.tae_budget(
+            args.steps, args.seeds, args.configs, args.one_seed_from, args.out, args.eval_elbo_steps, args.device,
+            args.threads or None, args.resume_every, args.report_only, args.figure or None,
+        )  # fmt: skip
         return
     if args.bench == "tune-trial-cost":
         benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out, args.local_trials)
