@@ -20,6 +20,7 @@ from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magni
 from .files import atomic_write
 from .models import MODEL_REGISTRY
 from .models.base import config_from_kwargs, module_device
+from .monitoring import training_reference
 from .training import (
     AFTER_FIT_ROWS,
     TrainConfig,
@@ -74,6 +75,7 @@ class MultiViewImputer:
         self.model_params = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
         self.auto_: AutoSettings | None = None  # model="auto": the candidates, budget and tie tolerance
         self.selection_: dict | None = None  # model="auto": the candidates' table once fitted (kept in the checkpoint)
+        self.monitoring_reference_: dict | None = None  # what serving's monitoring compares with (monitoring.py)
         if model == AUTO:
             self.auto_ = AutoSettings.from_params(self.model_params)
             self.auto_train_params_ = {k: v for k, v in params.items() if k in TRAIN_KEYS}
@@ -164,6 +166,9 @@ class MultiViewImputer:
         self.model_.eval()
         self.model_.after_fit(lambda: (b.to(device) for b in shuffled_batches(train_batch, AFTER_FIT_ROWS, 0)(0)))
         self.fit_seconds_ = time.perf_counter() - t0
+        self.monitoring_reference_ = training_reference(
+            self.model_, self.schema_, train, val_set if cfg.calibrate else None, cfg.calibration_samples, cfg.seed
+        )
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         return self
@@ -280,6 +285,7 @@ class MultiViewImputer:
                 "provenance": self.provenance_,
                 "best_epoch": getattr(self, "best_epoch_", None),
                 "selection": self.selection_,
+                "monitoring": self.monitoring_reference_,
             },
         )
 
@@ -295,6 +301,7 @@ class MultiViewImputer:
         imp.provenance_ = dict(state.get("provenance") or {})
         imp.best_epoch_ = state.get("best_epoch", (state.get("loop") or {}).get("best_epoch"))
         imp.selection_ = state.get("selection")
+        imp.monitoring_reference_ = state.get("monitoring")  # None in checkpoints written before it existed
         return imp
 
 
@@ -415,6 +422,7 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
     imp.model_, imp.schema_ = winner.model_, winner.schema_
     imp.history_, imp.best_epoch_ = winner.history_, winner.best_epoch_
     imp.validation_index_, imp.validation_set_ = winner.validation_index_, winner.validation_set_
+    imp.monitoring_reference_ = winner.monitoring_reference_
     imp.fit_seconds_ = total
     imp.selection_ = {
         "metric": f"val_{cfg.val_score}",
