@@ -197,6 +197,23 @@ class InstanceRequest:
         return self.outputs, self.n_samples, self.level
 
 
+def _file_digest(path: str | Path) -> str | None:
+    """The first 16 hex digits of a local checkpoint file's SHA-256 (which model, not where it sits); None
+    for a URI."""
+    import hashlib
+
+    from .checkpoint import checkpoint_file
+    from .storage import is_uri
+
+    if is_uri(path):
+        return None
+    local = checkpoint_file(path)
+    if not local.is_file():
+        return None
+    with open(local, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
 def _tolist(d):
     return None if d is None else {v: np.asarray(a, dtype=np.float64).tolist() for v, a in d.items()}
 
@@ -222,7 +239,9 @@ class Predictor:
     ) -> Predictor:
         """`max_training_rows`: refuse a model holding more training rows (default: `max_training_rows()`)."""
         imp = MultiViewImputer.load(path, device=device)
-        return cls(imp, {"checkpoint": str(path), **(info or {})}, max_training_rows)
+        digest = _file_digest(path)
+        extra = {"checkpoint_sha256": digest} if digest else {}
+        return cls(imp, {"checkpoint": str(path), **extra, **(info or {})}, max_training_rows)
 
     @classmethod
     def from_model_uri(
@@ -362,7 +381,23 @@ class Predictor:
             if observed == 0:
                 raise InputError((i,), "every view is missing: an instance needs at least one observed value")
         index = np.arange(n) if ids is None else np.asarray(ids, dtype=object)
-        return MultiViewData(arrays, likelihoods=self.schema.likelihoods, index=index, columns=self.schema.columns)
+        try:
+            return MultiViewData(arrays, likelihoods=self.schema.likelihoods, index=index, columns=self.schema.columns)
+        except ValueError as err:  # values the view's likelihood cannot hold (a bounded view outside [0, 1], ...)
+            raise self._first_bad_instance(arrays) or InputError((), str(err)) from None
+
+    def _first_bad_instance(self, arrays: Mapping[str, np.ndarray]) -> InputError | None:
+        """The first instance and view whose values contradict the view's likelihood, as an `InputError`."""
+        from .likelihoods import check_values
+
+        n = len(next(iter(arrays.values())))
+        for i in range(n):
+            for v, a in arrays.items():
+                try:
+                    check_values(v, self.schema.columns[v], a[i : i + 1], self.schema.likelihoods[v])
+                except ValueError as err:
+                    return InputError((i, v), str(err).replace("(1 row(s), e.g.", "(e.g."))
+        return None
 
     def check(self, views) -> MultiViewData:
         """A wide frame (`view:feature` columns), dict of views or `MultiViewData`, checked against the model."""
