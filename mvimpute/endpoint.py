@@ -3,9 +3,15 @@
     serve run serve/config.yaml     # import_path mvimpute.endpoint:build_app; or `mvimpute serve`
     curl -s localhost:8000/impute -H 'content-type: application/json' -d '{"instances": [{"top": [...]}]}'
 
-`POST /impute`, `GET /healthz`, `GET /metadata`, OpenAPI at `/docs`. Every error is a 4xx whose `loc`
-names the instance, view and position. Requests are batched (`@serve.batch`) into one forward pass;
-a replica serving a registry alias reloads when the alias moves (`reload_interval_s`).
+`POST /impute`, `GET /healthz`, `GET /metadata`, `GET /monitoring`, OpenAPI at `/docs`. Every error is a
+4xx whose `loc` names the instance, view and position. Concurrent requests are batched (`@serve.batch`)
+into one forward pass; a request that finds the replica idle goes straight to the model (no batch
+wait). A replica serving a registry alias reloads when the alias moves (`reload_interval_s`).
+
+A share of requests (`monitor_share`) is also scored after its response is computed, on the model's
+thread (`mvimpute.monitoring`): observed entries and views hidden and imputed again, and the input's
+drift, against the training reference the checkpoint keeps; `GET /monitoring` and Ray Serve's
+metrics (exported to Prometheus as `ray_mvimpute_monitor_*`) show it.
 """
 
 import asyncio
@@ -23,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from ray import serve
 
+from .monitoring import DEFAULT_SHARE, DEFAULT_WINDOW, LEVELS, Monitor
 from .predictor import InputError, InstanceRequest, Predictor, max_training_rows
 
 logger = logging.getLogger("ray.serve")
@@ -56,6 +63,11 @@ class AppArgs(BaseModel):
     target_ongoing_requests: float = Field(16, gt=0)
     max_ongoing_requests: int | None = Field(None, ge=1, description="default: 2 × max_batch_size, at least 8")
     name: str = "Imputer"
+    monitor_share: float = Field(
+        DEFAULT_SHARE, ge=0, le=1, description="share of requests scored for live calibration and drift; 0: off"
+    )
+    monitor_window: int = Field(DEFAULT_WINDOW, ge=10, description="monitored instances the live values cover")
+    seed: int | None = Field(None, description="seed the replica's draws (a fixed request sequence: fixed answers)")
 
 
 class ImputeRequest(BaseModel):
@@ -168,6 +180,55 @@ def load_predictor(a: AppArgs) -> Predictor:
     )
 
 
+class MonitorMetrics:  # defined above `Imputer`: Serve pickles the class with the globals it finds then
+    """The monitoring summary as Ray Serve custom metrics (Prometheus: `ray_mvimpute_monitor_*`); Serve
+    adds the deployment, replica and application tags."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.calibration = metrics.Gauge(
+            "mvimpute_monitor_calibration",
+            "live and reference scores on hidden observed entries (scaled space)",
+            tag_keys=("view", "stat", "source"),
+        )
+        self.drift = metrics.Gauge(
+            "mvimpute_monitor_drift", "input drift of observed values against training", tag_keys=("view", "stat")
+        )
+        self.degraded = metrics.Gauge(
+            "mvimpute_monitor_degraded", "1 when live coverage left its band around the reference", tag_keys=("view",)
+        )
+        self.rows = metrics.Gauge(
+            "mvimpute_monitor_rows", "scored instances in the monitoring window", tag_keys=("view",)
+        )  # fmt: skip
+        self.requests = metrics.Counter("mvimpute_monitor_requests", "requests scored by monitoring")
+
+    def publish(self, summary: dict) -> None:
+        self.requests.inc()
+        for v, s in summary["views"].items():
+            cal = s["calibration"]
+            for stat in ("coverage_50", "coverage_90", "width_50", "width_90", "crps", "rmse"):
+                for source in ("live", "reference"):
+                    value = cal[stat][source]
+                    if value is not None:
+                        self.calibration.set(value, tags={"view": v, "stat": stat, "source": source})
+            for level in LEVELS:
+                key = f"coverage_{round(level * 100)}"
+                self.calibration.set(level, tags={"view": v, "stat": key, "source": "nominal"})
+            drift = s["drift"]
+            values = {
+                "missing_share": drift["missing_share"]["live"],
+                "reference_missing_share": drift["missing_share"]["reference"],
+                **{f"psi_{k}": x for k, x in (drift.get("psi") or {}).items()},
+                **{f"mean_shift_{k}": x for k, x in (drift.get("mean_shift") or {}).items()},
+            }
+            for stat, value in values.items():
+                if value is not None:
+                    self.drift.set(value, tags={"view": v, "stat": stat})
+            self.degraded.set(1.0 if s["state"] == "degraded" else 0.0, tags={"view": v})
+            self.rows.set(cal["rows"], tags={"view": v})
+
+
 @serve.deployment
 @serve.ingress(api)
 class Imputer:
@@ -177,6 +238,13 @@ class Imputer:
         self.args = a = AppArgs(**args)
         api.state.max_body_bytes = a.max_body_bytes
         self.predictor = self._stamped(load_predictor(a))
+        if a.seed is not None:  # after loading: the first request's draws depend on the seed alone
+            import torch
+
+            torch.manual_seed(a.seed)
+        self.monitor = self._monitor(self.predictor)
+        self._metrics = MonitorMetrics()
+        self._in_flight = 0  # requests inside `_impute`: one alone skips the batch wait
         # one thread runs the model: the event loop keeps accepting (and batching) requests meanwhile
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvimpute-predict")
         self._impute_batched.set_max_batch_size(self.args.max_batch_size)
@@ -197,6 +265,7 @@ class Imputer:
             try:
                 fresh = self.predictor.reload_if_moved()
                 if fresh is not None:
+                    self.monitor = self._monitor(fresh)  # live values against the new model's reference
                     self.predictor = self._stamped(fresh)  # one reference swap: a request sees the old or the new
                     logger.info("reloaded %s: version %s", uri, fresh.info.get("version"))
             except Exception as err:  # a registry hiccup must not take the replica down
@@ -216,9 +285,29 @@ class Imputer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._predict_jobs, jobs)
 
     async def _impute(self, job: InstanceRequest):
-        if self.args.max_batch_size > 1:
-            return await self._impute_batched(job)
-        return (await asyncio.get_running_loop().run_in_executor(self._pool, self._predict_jobs, [job]))[0]
+        # @serve.batch waits batch_wait_timeout_s for company even when none can come: a request that
+        # finds no other in flight goes straight to the model thread; under load requests batch as before
+        self._in_flight += 1
+        try:
+            if self.args.max_batch_size > 1 and self._in_flight > 1:
+                return await self._impute_batched(job)
+            return (await asyncio.get_running_loop().run_in_executor(self._pool, self._predict_jobs, [job]))[0]
+        finally:
+            self._in_flight -= 1
+
+    # -- monitoring, on the model thread after the response is computed
+    def _monitor(self, predictor: Predictor) -> Monitor:
+        a = self.args
+        return Monitor.for_imputer(
+            predictor.imputer, share=a.monitor_share, window=a.monitor_window, seed=a.seed or 0
+        )  # fmt: skip
+
+    def _observe(self, monitor: Monitor, job: InstanceRequest) -> None:
+        try:
+            monitor.observe(job.data)
+            self._metrics.publish(monitor.summary())
+        except Exception as err:  # monitoring must never take the replica down
+            logger.warning("monitoring a request failed: %s", err)
 
     # -- routes
     @api.post("/impute", response_model=ImputeResponse, response_model_exclude_none=True)
@@ -241,6 +330,9 @@ class Imputer:
         except InputError as err:
             raise _error(["instances", *err.loc], err.message) from None
         items = await self._impute(job)
+        monitor = self.monitor
+        if monitor.sampled():  # queued behind this batch on the model thread; the response does not wait
+            self._pool.submit(self._observe, monitor, job)
         content = {"model": self._model_ref(predictor), "predictions": items}
         if draws:
             content["n_samples"] = body.n_samples
@@ -269,10 +361,26 @@ class Imputer:
             },
         }
 
+    @api.get("/monitoring")
+    async def monitoring(self) -> dict:
+        """Live calibration (50 % / 90 % coverage, width, CRPS, RMSE on hidden observed entries) and input
+        drift (mean shift, PSI, missing-view share) per view, each beside its training reference, and an
+        `ok` / `degraded` state per view; see mvimpute/monitoring.py."""
+        predictor, monitor = self.predictor, self.monitor
+        # on the model thread: after every monitoring job queued before this call
+        summary = await asyncio.get_running_loop().run_in_executor(self._pool, monitor.summary)
+        return {"model": self._model_ref(predictor), **summary}
+
     @staticmethod
     def _model_ref(predictor: Predictor) -> dict:
+        """Which model answers: registered name, version, alias, run and URI, the model kind and the
+        checkpoint's digest — never where its files sit on the server."""
         info = predictor.info
-        return {k: info[k] for k in ("name", "version", "alias", "model_uri", "checkpoint") if info.get(k)}
+        ref = {k: info[k] for k in ("name", "version", "alias", "run_id", "model_uri") if info.get(k)}
+        ref["model"] = predictor.imputer.model_name
+        if info.get("checkpoint_sha256"):
+            ref["checkpoint_sha256"] = info["checkpoint_sha256"]
+        return ref
 
 
 def build_app(args: dict | None = None):
