@@ -109,6 +109,8 @@ def test_missing_views_are_filled_and_observed_values_kept(endpoint, digits, tra
     status, reply = call(endpoint, "/impute", {"instances": instances, "ids": ["a", 7, "c"]})
     assert status == 200, reply
     assert reply["model"]["name"] == MODEL and reply["model"]["version"] == "1"
+    assert reply["model"]["run_id"] and reply["model"]["alias"] == "champion" and reply["model"]["model"] == "jpvae"
+    assert "checkpoint" not in reply["model"] and "/" not in json.dumps(reply["model"]).replace("models:/", "")
     preds = reply["predictions"]
     assert [p["id"] for p in preds] == ["a", 7, "c"]
     assert preds[0]["mean"]["top"] == top[0].tolist() and preds[1]["mean"]["bottom"] == bottom[1].tolist()
@@ -210,6 +212,12 @@ def _bad_cases(digits):
             ["body", "instances", 1],
         ),
         ("all entries null", {"instances": [{"top": [None] * 32}]}, 422, ["body", "instances", 0]),
+        (
+            "outside a bounded view's range",
+            {"instances": [{"top": top}, {"bottom": [*top[:3], 1.5, *top[4:]]}]},
+            422,
+            ["body", "instances", 1, "bottom"],
+        ),
         (
             "n_samples over cap",
             valid_body(digits, n_samples=MAX_N_SAMPLES + 1, **{"return": ["std"]}),
