@@ -297,3 +297,84 @@ def _write(out: str, name: str, result: dict, table: str) -> None:
     (path / f"{name}.md").write_text(table + "\n")
     print(table, flush=True)
     print(f"wrote {path / name}.json / .md ({result.get('wall_s', 0):.0f} s)", flush=True)
+
+
+def serve_monitoring(
+    repeats: int = 3,
+    requests: int = 1000,
+    out: str = "outputs/bench",
+    checkpoint: str | None = None,
+    concurrency: tuple[int, ...] = (32, 1),
+) -> dict:
+    """The endpoint with monitoring off and at its default share beside a no-op Serve deployment:
+    one-instance point requests, req/s and p50 per concurrency. Runs alternate (the order rotates each
+    repeat); per repeat the ratios endpoint / no-op and on / off; medians and min–max over repeats.
+    The 1-minute load average is read before each cell."""
+    import os
+
+    import ray
+    from ray import serve
+
+    from mvimpute.endpoint import build_app
+    from mvimpute.monitoring import DEFAULT_SHARE
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
+    ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    common = {"checkpoint": str(ckpt), "num_cpus": 0.5, "device": "cpu", "max_replicas": 1, "reload_interval_s": 0}
+    serve.run(_noop_app(), name="noop", route_prefix="/noop")
+    serve.run(build_app({**common, "monitor_share": 0.0, "name": "Off"}), name="off", route_prefix="/off")
+    serve.run(build_app({**common, "monitor_share": DEFAULT_SHARE, "name": "On"}), name="on", route_prefix="/on")
+    targets = ["noop", "off", "on"]
+    cells: dict[str, list[dict]] = {}
+    ratios: dict[str, list[float]] = {}
+    t_start = time.perf_counter()
+    try:
+        for rep in range(repeats):
+            order = targets[rep % 3 :] + targets[: rep % 3]
+            for c in concurrency:
+                got = {}
+                for target in order:
+                    load = os.getloadavg()[0]
+                    got[target] = asyncio.run(_load(f"{base}/{target}/impute", _body("point"), c, requests))
+                    got[target]["load_1min"] = load
+                    cells.setdefault(f"{target}|point|{c}", []).append(got[target])
+                for name, a, b in (("off/noop", "off", "noop"), ("on/noop", "on", "noop"), ("on/off", "on", "off")):
+                    ratios.setdefault(f"{name}|req_per_s|{c}", []).append(got[a]["req_per_s"] / got[b]["req_per_s"])
+                    ratios.setdefault(f"{name}|p50_ms|{c}", []).append(got[a]["p50_ms"] / got[b]["p50_ms"])
+            print(f"repeat {rep + 1}/{repeats} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+        monitored = json.loads(
+            subprocess.run(["curl", "-s", f"{base}/on/monitoring"], capture_output=True, text=True, check=True).stdout
+        )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    summary = {k: _summary(v) for k, v in cells.items()}
+    ratio_summary = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in ratios.items()}
+    loads = [c["load_1min"] for v in cells.values() for c in v]
+    result = {
+        "bench": "serve-monitoring", "repeats": repeats, "requests_per_cell": requests,
+        "monitor_share": DEFAULT_SHARE, "requests_monitored": monitored.get("requests_monitored"),
+        "load_1min": {"min": min(loads), "max": max(loads)}, "wall_s": time.perf_counter() - t_start,
+        "cells": summary, "ratios": ratio_summary, "runs": cells,
+    }  # fmt: skip
+    table = _latency_table(summary) + "\n\n| ratio | median (min–max) |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}) |" for k, v in ratio_summary.items()
+    )
+    table += f"\n\nload average (1 min) before the cells: {min(loads):.2f}–{max(loads):.2f}"
+    _write(out, "serve_monitoring", result, table)
+    return result
+
+
+if __name__ == "__main__":  # python jobs/bench_serving.py serve-monitoring [repeats] [requests] [checkpoint]
+    if len(sys.argv) < 2 or sys.argv[1] != "serve-monitoring":
+        sys.exit("usage: python jobs/bench_serving.py serve-monitoring [repeats] [requests] [checkpoint]")
+    argv = sys.argv[2:]
+    serve_monitoring(
+        repeats=int(argv[0]) if argv else 3,
+        requests=int(argv[1]) if len(argv) > 1 else 1000,
+        checkpoint=argv[2] if len(argv) > 2 else None,
+    )
