@@ -82,6 +82,9 @@ def impute(
     engine: Annotated[str, typer.Option(help="ray (Ray Data actor pool) or local (this process).")] = "ray",
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 4096,
     device: Annotated[str, typer.Option(hidden=True, help="Kept for old scripts; the engine picks the device.")] = "",
+    monitor_rows: Annotated[
+        int, typer.Option(min=0, help="First rows the monitoring summary (drift, calibration) covers; 0: none.")
+    ] = 1000,
 ) -> None:
     """Fill the missing entries of a wide table; every row, its id, the order and observed values are kept."""
     from .jobs.impute import impute_table
@@ -106,6 +109,7 @@ def impute(
             use_gpu=use_gpu,
             batch_size=batch_size,
             engine=engine,
+            monitor_rows=monitor_rows,
         )
     except InputError as err:
         where = {"input": "--input", "output": "--output"}.get(str(err.loc[0]) if err.loc else "", None)
@@ -120,6 +124,9 @@ def impute(
         f"imputed {result.missing_filled} missing entries in {result.rows} rows → {output} "
         f"({result.seconds:.1f} s, model {result.model.get('model_uri') or result.model.get('checkpoint')})"
     )
+    if result.monitoring is not None:
+        states = ", ".join(f"{v} {s['state']}" for v, s in result.monitoring["views"].items())
+        typer.echo(f"monitoring summary → {result.monitoring_path} ({states})")
 
 
 def serve_command(
@@ -134,6 +141,9 @@ def serve_command(
     use_gpu: Annotated[bool, typer.Option("--use-gpu/--no-gpu", help="One GPU per replica.")] = False,
     max_replicas: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 2,
     reload_interval_s: Annotated[float, typer.Option(help="Registry poll for a moved alias (0: never).")] = 30.0,
+    monitor_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of requests scored for GET /monitoring (0: off).")
+    ] = 0.05,
 ) -> None:
     """Serve the model over HTTP (Ray Serve): POST /impute, GET /healthz, GET /metadata, /docs."""
     if checkpoint is not None and model_uri is not None:
@@ -153,13 +163,17 @@ def serve_command(
         "num_gpus": 1.0 if use_gpu else 0.0,
         "max_replicas": max_replicas,
         "reload_interval_s": reload_interval_s,
+        "monitor_share": monitor_share,
     }
     app_ = build_app(args)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": _forwarded_env()})
     serve.start(http_options={"host": host, "port": port})
     serve.run(app_, name="mvimpute", route_prefix="/")
-    typer.echo(f"serving on http://{host}:{port}  (POST /impute, GET /healthz, GET /metadata, /docs); Ctrl-C stops")
+    typer.echo(
+        f"serving on http://{host}:{port}  (POST /impute, GET /healthz, GET /metadata, GET /monitoring, /docs); "
+        "Ctrl-C stops"
+    )
 
     def _stop(*_):
         raise KeyboardInterrupt

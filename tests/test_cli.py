@@ -122,7 +122,9 @@ def test_impute_round_trip(model_path, tmp_path, suffix):
     imp = mvi.MultiViewImputer.load(model_path)
     ref = imp.transform(wide.drop(columns="sample_id"))
     np.testing.assert_allclose(y, ref[wide.columns[1:]].to_numpy(), rtol=1e-6, atol=1e-7)
-    assert sorted(p.name for p in dst.parent.iterdir()) == [dst.name]  # no temp file left
+    # no temp file left; the monitoring summary beside the table
+    assert sorted(p.name for p in dst.parent.iterdir()) == sorted([dst.name, "out.monitoring.json"])
+    assert "monitoring summary → " in res.output
 
 
 # ----------------------------------------------------------------------------- errors

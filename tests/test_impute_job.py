@@ -4,6 +4,8 @@ fails midway leaves nothing that looks like output."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mvimpute as mvi
-from mvimpute.jobs.batch import ROW
+from mvimpute.jobs.batch import MONITOR_ROWS, ROW
 from mvimpute.jobs.impute import impute_table
 from mvimpute.predictor import InputError
 
@@ -81,7 +83,11 @@ def test_batch_job_keeps_rows_ids_order_and_observed_bits(ray_session, checkpoin
     local = impute_table(src, tmp_path / "local.parquet", checkpoint=checkpoint, id_column="sample_id", engine="local")
     ref = pd.read_parquet(local.output)
     np.testing.assert_allclose(got[feats].to_numpy(np.float64), ref[feats].to_numpy(np.float64), rtol=1e-6, atol=1e-6)
-    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary file left
+    # no temporary file left; the monitoring summary of the table beside it
+    assert sorted(p.name for p in out.parent.iterdir()) == ["imputed.monitoring.json", out.name]
+    summary = json.loads((out.parent / "imputed.monitoring.json").read_text())
+    assert summary == result.monitoring and summary["first_rows"] == min(N_ROWS, MONITOR_ROWS)
+    assert all(v["calibration"]["rows"] > 0 and v["state"] in ("ok", "degraded") for v in summary["views"].values())
 
 
 def test_draw_columns_are_lists_of_n_samples(ray_session, checkpoint, table, tmp_path):  # noqa: F811

@@ -11,6 +11,10 @@ request, `<column>__std`, `<column>__lower` / `__upper` (central `level` interva
 `<column>__draws` (a list of draws). The file appears only when every batch has succeeded: it is
 written to a temporary file beside the target and renamed into place.
 
+Beside it, `<output stem>.monitoring.json` (in a parts folder: `_monitoring.json`) holds the monitoring
+summary the endpoint serves at `GET /monitoring` (`mvimpute.monitoring`), for the table's first
+`monitor_rows` rows: input drift against training and calibration on observed entries hidden again.
+
 The checkpoint is read once by the driver and shipped to the actors through the object store, so
 every actor serves the same model and no actor needs the registry or a shared file system.
 """
@@ -38,6 +42,7 @@ from ..files import AtomicFile
 from ..predictor import InputError, Predictor
 
 _MISSING = "__mvimpute_missing__"
+MONITOR_ROWS = 1000  # the table's first rows its monitoring summary covers (scoring draws 100 per row)
 _ERROR = "__mvimpute_error__"  # per-row count of filled entries, dropped by the driver
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 BATCH_SIZE = 4096
@@ -65,6 +70,8 @@ class ImputeJobResult:
     seconds: float
     model: dict
     parts_by_node: dict = field(default_factory=dict)  # into parts with Ray: node id → parts it wrote
+    monitoring: dict | None = None  # the monitoring summary of the table's first rows (`monitor_rows`)
+    monitoring_path: str | None = None
 
 
 class ImputeBatch:
@@ -276,6 +283,7 @@ def impute_table(
     num_cpus: float = 1.0,
     batch_size: int = BATCH_SIZE,
     engine: str = "ray",
+    monitor_rows: int = MONITOR_ROWS,
 ) -> ImputeJobResult:
     """Impute a wide table into `output` (see the module docstring).
 
@@ -283,7 +291,7 @@ def impute_table(
     else `num_cpus` CPUs each) impute its batches; into a file, the driver streams the results in
     input order; into a folder (no table suffix; a URI must be one), the actors write Parquet parts
     themselves and the driver publishes them (`publish_parts`). `engine="local"`: the same predictor
-    in this process, batch after batch."""
+    in this process, batch after batch. `monitor_rows`: rows the monitoring summary covers (0: none)."""
     t0 = time.perf_counter()
     input, output = str(input), str(output)
     in_fmt, out_fmt = table_format(input, "input"), table_format(output, "output")
@@ -305,7 +313,36 @@ def impute_table(
     run = _impute_into_parts if out_fmt == "parts" else _impute_into_file
     rows, missing, nodes = run(plan, predictor, engine)
     target = output if storage.is_uri(output) else Path(output)
-    return ImputeJobResult(target, rows, missing, time.perf_counter() - t0, dict(predictor.info), nodes)
+    result = ImputeJobResult(target, rows, missing, time.perf_counter() - t0, dict(predictor.info), nodes)
+    if monitor_rows > 0:
+        result.monitoring, result.monitoring_path = write_monitoring(plan, predictor, monitor_rows)
+    return result
+
+
+def write_monitoring(plan: BatchPlan, predictor: Predictor, max_rows: int) -> tuple[dict, str]:
+    """The monitoring summary of the input's first `max_rows` rows, written beside the output (JSON)."""
+    from ..monitoring import table_summary
+
+    frames, n = [], 0
+    for frame in _local_batches(plan.input, plan.in_fmt, min(plan.batch_size, max_rows)):
+        frames.append(frame.iloc[: max_rows - n])
+        n += len(frames[-1])
+        if n >= max_rows:
+            break
+    frame = pd.concat(frames, ignore_index=True)
+    if plan.id_column is not None:
+        frame = frame.drop(columns=[plan.id_column])
+    summary = table_summary(predictor.imputer, predictor.check(frame), max_rows=max_rows)
+    summary["model"] = {k: predictor.info[k] for k in ("name", "version", "alias", "run_id") if predictor.info.get(k)}
+    summary["model"]["model"] = predictor.imputer.model_name
+    summary["first_rows"] = summary.pop("rows")
+    if plan.out_fmt == "parts":
+        path = storage.join(plan.output, "_monitoring.json")  # "_": Parquet dataset readers skip it, as _SUCCESS
+    else:
+        stem = str(plan.output).rsplit(".", 1)[0]
+        path = f"{stem}.monitoring.json"
+    storage.write_text(path, json.dumps(summary, indent=1))
+    return summary, path
 
 
 def _impute_into_file(plan: BatchPlan, predictor: Predictor, engine: str) -> tuple[int, int, dict]:

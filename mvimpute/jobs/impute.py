@@ -7,6 +7,7 @@ A registry URI is pinned to one version before any batch runs, so every actor se
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..predictor import default_model_uri
@@ -31,7 +32,42 @@ def impute_table(
         from ..registry import fetch_checkpoint
 
         checkpoint, info = fetch_checkpoint(default_model_uri(model_uri), tracking_uri)
-    return _impute_checkpoint(input, output, checkpoint=checkpoint, info=info, **options)
+    result = _impute_checkpoint(input, output, checkpoint=checkpoint, info=info, **options)
+    if result.monitoring is not None and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        log_monitoring(result, str(input), tracking_uri)
+    return result
+
+
+def monitoring_metrics(summary: dict) -> dict[str, float]:
+    """The monitoring summary's numbers as flat metrics: `monitor/<view>/<stat>` (live values)."""
+    out = {}
+    for v, s in summary["views"].items():
+        out[f"monitor/{v}/degraded"] = float(s["state"] == "degraded")
+        for stat, value in s["calibration"].items():
+            if isinstance(value, dict) and value.get("live") is not None:
+                out[f"monitor/{v}/{stat}"] = value["live"]
+        drift = s["drift"]
+        for stat in ("psi", "mean_shift"):
+            if (drift.get(stat) or {}).get("mean") is not None:
+                out[f"monitor/{v}/{stat}"] = drift[stat]["mean"]
+        if drift["missing_share"]["live"] is not None:
+            out[f"monitor/{v}/missing_share"] = drift["missing_share"]["live"]
+    return out
+
+
+def log_monitoring(result: ImputeJobResult, input: str, tracking_uri: str | None = None) -> None:
+    """One MLflow run (experiment `mvimpute-impute`) with the job's monitoring metrics and its JSON."""
+    import json
+    import tempfile
+
+    from ..tracking import log_evaluation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "monitoring.json"
+        path.write_text(json.dumps(result.monitoring, indent=1))
+        config = {"input": input, "output": str(result.output), "rows": result.rows}
+        config["model"] = result.monitoring["model"]
+        log_evaluation(config, monitoring_metrics(result.monitoring), [path], tracking_uri, "mvimpute-impute", "impute")
 
 
 __all__ = ["impute_table"]
