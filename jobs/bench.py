@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     tb.add_argument("--resume-every", type=int, default=5, help="epochs between a run's resume files")
     tb.add_argument("--report-only", action="store_true", help="only the table and figure from the runs so far")
-    tb.add_argument("--out", default="outputs/bench/tae_budget")
-    tb.add_argument("--figure", default="docs/img/tae_budget.png", help="PNG path; '' for none")
+    tb.add_argument("--data", choices=["mnist-5k", "digits"], default="mnist-5k")
+    tb.add_argument("--out", default=None, help="default outputs/bench/tae_budget[_digits]")
+    tb.add_argument("--figure", default="auto", help="PNG path; 'auto': docs/img/tae_budget[_digits].png; '' for none")
     c = sub.add_parser("cli-startup", help="wall time of `mvimpute --help` against `import torch`, alternated")
     c.add_argument("--repeats", type=int, default=5)
     sl = sub.add_parser("serve-latency", help="endpoint req/s, p50/p99: batched vs not, point vs draws, no-op, raw")
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tae_budget.tae_budget(
             args.steps, args.seeds, args.configs, args.one_seed_from, args.out, args.eval_elbo_steps, args.device,
-            args.threads or None, args.resume_every, args.report_only, args.figure or None,
+            args.threads or None, args.resume_every, args.report_only, args.figure or None, args.data,
         )  # fmt: skip
         return
     if args.bench == "tune-trial-cost":

@@ -1,7 +1,7 @@
 """TAE against MVAE as the optimiser-step budget grows, on the TAE paper's protocol (docs/tae.md).
 
-MNIST-5k as one 784-pixel view, noise σ = 0.1, 50 % of the pixels hidden (MCAR), a test split of
-1,000 per seed. Each configuration trains for a fixed number of optimiser steps on the whole
+MNIST-5k as one 784-pixel view (or, with `data="digits"`, scikit-learn's 8×8 digits as one
+64-pixel image), noise σ = 0.1, 50 % of the pixels hidden (MCAR), a test split of 20 % per seed. Each configuration trains for a fixed number of optimiser steps on the whole
 corrupted training split (no early stopping, final weights, as the paper trains) and is scored on
 the corrupted test split against its clean truth: evaluation ELBO (a bound on log q(x_truth | y),
 nats per image), PSNR of the posterior mean on the hidden pixels, RMSE, raw 90 % coverage and CRPS
@@ -98,12 +98,19 @@ def posterior_variances(imp: MultiViewImputer, corrupted) -> dict[str, float]:
 
 
 def run_one(
-    config: str, steps: int, seed: int, out: Path, eval_elbo_steps: int, device: str, resume_every: int
+    config: str,
+    steps: int,
+    seed: int,
+    out: Path,
+    eval_elbo_steps: int,
+    device: str,
+    resume_every: int,
+    data: str = "mnist-5k",
 ) -> dict:
     """Train `config` for `steps` optimiser steps on seed `seed`'s split and score it (resumable)."""
     import benchmarks as b
 
-    train, test, train_c, test_c = b.noisy_digits(0.5, seed, 0.1, "mnist-5k")
+    train, test, train_c, test_c = b.noisy_digits(0.5, seed, 0.1, data)
     model, params, batch_size = config_params(config)
     epochs, steps_run = epochs_for(steps, train_c.n_samples, batch_size)
     key = f"{config}_{steps}_{seed}"
@@ -126,6 +133,7 @@ def run_one(
     last = imp.history_[-1]
     row = {
         "config": config,
+        "data": data,
         "model": model,
         "steps": steps,
         "steps_run": steps_run,
@@ -192,15 +200,20 @@ def tae_budget(
     seeds: list[int],
     configs: list[str],
     one_seed_from: int | None = None,
-    out_dir: str | Path = "outputs/bench/tae_budget",
+    out_dir: str | Path | None = None,
     eval_elbo_steps: int = 2000,
     device: str = "auto",
     threads: int | None = 1,
     resume_every: int = 5,
     report_only: bool = False,
-    figure: str | None = "docs/img/tae_budget.png",
+    figure: str | None = "auto",
+    data: str = "mnist-5k",
 ) -> list[dict]:
-    out = Path(out_dir)
+    """The grid of `plan`'s runs (those without a result file), then `report`. `out_dir` and
+    `figure` default to outputs/bench/tae_budget[_digits] and docs/img/tae_budget[_digits].png."""
+    suffix = "" if data == "mnist-5k" else f"_{data}"
+    out = Path(out_dir or f"outputs/bench/tae_budget{suffix}")
+    figure = f"docs/img/tae_budget{suffix}.png" if figure == "auto" else figure
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
@@ -214,14 +227,14 @@ def tae_budget(
             if done.exists():  # finished by another process between the check and the claim
                 continue
             print(f"[{i + 1}/{len(todo)}] {key}", flush=True)
-            row = run_one(config, n, seed, out, eval_elbo_steps, device, resume_every)
+            row = run_one(config, n, seed, out, eval_elbo_steps, device, resume_every, data)
             done.write_text(json.dumps(row, indent=2))
             (out / "resume" / f"{key}.pt").unlink(missing_ok=True)
             print(json.dumps({k: v for k, v in row.items() if k not in ("condition_trace", "settings")}), flush=True)
         finally:
             lock.unlink(missing_ok=True)
     rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    report(rows, out, figure)
+    report(rows, out, figure, data)
     return rows
 
 
@@ -232,7 +245,7 @@ def _ms(xs) -> str:
     return f"{xs.mean():.2f}" if len(xs) == 1 else f"{xs.mean():.2f} ± {xs.std(ddof=1):.2f}"
 
 
-def report(rows: list[dict], out: Path, figure: str | None) -> str:
+def report(rows: list[dict], out: Path, figure: str | None, data: str = "mnist-5k") -> str:
     """The table (one line per configuration and budget: mean ± sd over seeds) and the figure."""
     mvae = {(r["steps"], r["seed"]): r["eval_elbo"] for r in rows if r["config"] == "mvae"}
     head = (
@@ -262,12 +275,12 @@ def report(rows: list[dict], out: Path, figure: str | None) -> str:
     (out / "tae_budget.md").write_text(text + "\n")
     (out / "tae_budget.json").write_text(json.dumps(rows, indent=2))
     if figure and rows:
-        budget_figure(rows, Path(figure))
+        budget_figure(rows, Path(figure), data)
     print(text)
     return text
 
 
-def budget_figure(rows: list[dict], path: Path) -> Path:
+def budget_figure(rows: list[dict], path: Path, data: str = "mnist-5k") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,7 +322,8 @@ def budget_figure(rows: list[dict], path: Path) -> Path:
         ax.set_xlabel("optimiser steps")
         ax.legend(fontsize=7)
     axes.flat[-1].axis("off")
-    fig.suptitle("TAE vs MVAE on MNIST-5k, 50 % missing, σ = 0.1: the step budget (points: seeds, lines: means)")
+    name = {"mnist-5k": "MNIST-5k", "digits": "digits (8×8)"}.get(data, data)
+    fig.suptitle(f"TAE vs MVAE on {name}, 50 % missing, σ = 0.1: the step budget (points: seeds, lines: means)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
