@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -165,7 +166,7 @@ class ImputationModel(nn.Module):
 
 def module_device(module: nn.Module) -> torch.device:
     """Where a model's parameters (or, for a model without any, its buffers) are."""
-    for t in (*module.parameters(), *module.buffers()):
+    for t in itertools.chain(module.parameters(), module.buffers()):  # the first: no list of every tensor
         return t.device
     return torch.device("cpu")
 
