@@ -192,7 +192,8 @@ class MultiViewImputer:
     def transform(self, views):
         """Missing entries filled by the posterior mean; observed values returned untouched."""
         data, batch = self._prepare(views)
-        self.model_.eval()
+        if self.model_.training:  # eval() walks every submodule: a served model's hot path skips it
+            self.model_.eval()
         parts = [
             {
                 v: t.cpu().numpy()
