@@ -147,17 +147,27 @@ def view_present(x: np.ndarray) -> np.ndarray:
 
 
 def training_reference(
-    model, schema: ViewSchema, train: MultiViewData, validation=None, n_samples: int = 100, seed: int = 0
+    model,
+    schema: ViewSchema,
+    train: MultiViewData | None,
+    validation=None,
+    n_samples: int = 100,
+    seed: int = 0,
+    *,
+    scaled: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """What monitoring compares live values with, computed once at fit time (plain lists and numbers,
     no pickles): per view the training share missing the view, per feature the mean, sd, deciles and
-    bin shares of the scaled observed values; and, with a `validation` set (`ValidationSet`), the
-    scores `hidden_sums` gives on its hidden entries with `n_samples` draws."""
+    bin shares of the scaled observed values (of `train`, or the already `scaled` arrays, NaN =
+    missing); and, with a `validation` set (`ValidationSet`), the scores `hidden_sums` gives on its
+    hidden entries with `n_samples` draws."""
     import warnings
 
+    if scaled is None:
+        scaled = {v: schema.scalers[v].transform(np.asarray(train.views[v], np.float64)) for v in schema.view_names}
     views = {}
     for v in schema.view_names:
-        x = schema.scalers[v].transform(np.asarray(train.views[v], dtype=np.float64))
+        x = np.asarray(scaled[v], dtype=np.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a feature never observed: NaN statistics
             mean = np.nanmean(x, 0)
@@ -175,6 +185,7 @@ def training_reference(
         }
     scores = None
     if validation is not None and hasattr(model, "calibration"):
+        validation = validation.to(_device(model))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sums = hidden_sums(model, validation.corrupted, validation.truth.values, validation.hidden, n_samples)
