@@ -125,6 +125,10 @@ def test_fit_and_train_build_the_same_model_for_the_same_small_data(ray_session,
     assert ours["model_config"]["hidden"] != jpvae.JPVAEConfig().hidden  # the small-data widths, in both
     for key in SIZE_KEYS:
         assert theirs["train_config"][key] == ours["train_config"][key], key
+    for state in (ours, theirs):  # both keep serving's monitoring reference: training's drift statistics and scores
+        ref = state["monitoring"]
+        assert set(ref["views"]) == set(data.views) and set(ref["validation"]) == set(data.views)
+        assert all(len(r["feature_mean"]) == data.dims[v] for v, r in ref["views"].items())
 
 
 def test_the_newest_whole_checkpoint_of_a_run_is_found(tmp_path):

@@ -21,6 +21,7 @@ from ..batch import MultiViewBatch
 from ..checkpoint import CHECKPOINT_FILE, checkpoint_dict, read_checkpoint, view_infos
 from ..data.multiview import ViewSchema
 from ..data.ray_data import batch_from_tensors
+from ..monitoring import training_reference
 from ..training import (
     AFTER_FIT_ROWS,
     TrainingLoop,
@@ -32,6 +33,8 @@ from ..training import (
 from .callbacks import RunCallback
 from .prepare import validation_set_from_batches
 from .request import RunRequest
+
+REFERENCE_ROWS = 20_000  # training rows the monitoring reference's deciles and shares come from
 
 FAULT_ENV = "MVIMPUTE_FAULT_INJECT"  # "epoch:rank:marker-file" — a test hook: that worker fails once, after that epoch
 SHUFFLE_CHUNK_ROWS = 4096  # rows a worker takes from Ray Data at once and shuffles into mini-batches
@@ -294,6 +297,7 @@ class WorkerRun:
             "data": self.plan.source,
             "validation": getattr(self, "final_scores", None),  # the final model's validation scores
             "summary": getattr(self, "summary", None) if final else None,  # the final report's metrics
+            "monitoring": getattr(self, "monitoring_reference", None) if final else None,  # serving's reference
         }
 
     def _report(self, metrics: dict, epoch: int, save: bool, final: bool = False) -> None:
@@ -345,6 +349,24 @@ class WorkerRun:
             )
         )
 
+    def _monitoring_reference(self, val_set) -> dict:
+        """What serving's monitoring compares with (`monitoring.training_reference`), from the first
+        `REFERENCE_ROWS` training rows (scaled, as the model sees them) and the validation split."""
+        parts, rows = [], 0
+        for b in self.env.dataset("fit").iter_torch_batches(batch_size=AFTER_FIT_ROWS, device="cpu"):
+            batch = batch_from_tensors(b, self.views)
+            parts.append({v: np.where(batch.masks[v].numpy() > 0, batch.values[v].double().numpy(), np.nan)
+                          for v in self.views})  # fmt: skip
+            rows += len(batch)
+            if rows >= REFERENCE_ROWS:
+                break
+        scaled = {v: np.concatenate([p[v] for p in parts])[:REFERENCE_ROWS] for v in self.views}
+        cfg = self.cfg
+        return training_reference(
+            self.loop.module, self.schema, None, val_set if cfg.calibrate else None, cfg.calibration_samples,
+            cfg.seed, scaled=scaled,
+        )  # fmt: skip
+
     def run(self) -> None:
         val_set = self._validation_set()
         self.shard = self.env.dataset("train")
@@ -356,6 +378,8 @@ class WorkerRun:
         # the fitted model's validation score (after `after_fit`): what ranks models of different kinds
         # (`model="auto"`); a one-pass model runs no epochs, so it is its only score
         self.final_scores = final_validation_score(self.loop.module, val_set, self.cfg) if self.env.rank == 0 else {}
+        if self.env.rank == 0:
+            self.monitoring_reference = self._monitoring_reference(val_set)
         final = self.final_scores.get("val_score", float("nan"))
         score = final if self.loop.module.one_pass and val_set is not None else best.best_score
         self.summary = summary = {
