@@ -20,6 +20,7 @@ Command-line start-up (`mvimpute --help`, `mvimpute train --help`, and `import t
 Serving and batch imputation (loopback only, bounded request counts; docs/serving.md):
     python jobs/bench.py serve-latency --repeats 3 --requests 160
     python jobs/bench.py serve-load --users 16 --requests 2000
+    python jobs/bench.py serve-monitoring --repeats 4 --requests 1000  # on an idle machine
     python jobs/bench.py batch-throughput --rows 50000 --repeats 3
 """
 
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--rows-requests", type=int, default=12, help="1,000-row requests per repeat")
     sl.add_argument("--checkpoint", default=None, help="default: train the demo's JPVAE for 5 epochs")
     sl.add_argument("--out", default="outputs/bench")
+    sm = sub.add_parser(
+        "serve-monitoring", help="idle-machine req/s and p50: no-op Serve vs the endpoint, monitoring off and on"
+    )
+    sm.add_argument("--repeats", type=int, default=3, help="alternations of the three deployments")
+    sm.add_argument("--requests", type=int, default=1000, help="one-instance point requests per cell")
+    sm.add_argument("--checkpoint", default=None, help="default: train the demo's JPVAE for 5 epochs")
+    sm.add_argument("--out", default="outputs/bench")
     lo = sub.add_parser("serve-load", help="bounded locust headless run on loopback: error count")
     lo.add_argument("--users", type=int, default=16)
     lo.add_argument("--requests", type=int, default=2000, help="requests in all; the run stops after them")
@@ -190,13 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench == "tune-trial-cost":
         benchmarks.tune_trial_cost(args.repeats, args.epochs, args.model, args.threads, args.out, args.local_trials)
         return
-    if args.bench in ("serve-latency", "serve-load", "batch-throughput"):
+    if args.bench in ("serve-latency", "serve-load", "batch-throughput", "serve-monitoring"):
         import bench_serving as bs  # beside this file
 
         if args.bench == "serve-latency":
             bs.serve_latency(
                 tuple(args.concurrency), args.repeats, args.requests, args.rows_requests, args.out, args.checkpoint
             )
+        elif args.bench == "serve-monitoring":
+            bs.serve_monitoring(args.repeats, args.requests, args.out, args.checkpoint)
         elif args.bench == "serve-load":
             bs.serve_load(args.users, args.requests, args.run_time, args.out, args.checkpoint, args.kind)
         else:

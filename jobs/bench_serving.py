@@ -367,14 +367,3 @@ def serve_monitoring(
     table += f"\n\nload average (1 min) before the cells: {min(loads):.2f}–{max(loads):.2f}"
     _write(out, "serve_monitoring", result, table)
     return result
-
-
-if __name__ == "__main__":  # python jobs/bench_serving.py serve-monitoring [repeats] [requests] [checkpoint]
-    if len(sys.argv) < 2 or sys.argv[1] != "serve-monitoring":
-        sys.exit("usage: python jobs/bench_serving.py serve-monitoring [repeats] [requests] [checkpoint]")
-    argv = sys.argv[2:]
-    serve_monitoring(
-        repeats=int(argv[0]) if argv else 3,
-        requests=int(argv[1]) if len(argv) > 1 else 1000,
-        checkpoint=argv[2] if len(argv) > 2 else None,
-    )
