@@ -130,6 +130,7 @@ def run_one(
 
     imp.fit(train_c, on_epoch=progress, resume_file=resume, resume_every=resume_every)
     fit_wall = time.perf_counter() - t0
+    imp.save(out / "models" / f"{key}.pt")  # the final model, for later looks (e.g. its score on training rows)
     train_seconds = float(sum(h["epoch_seconds"] for h in imp.history_))
     t1 = time.perf_counter()
     torch.manual_seed(seed)
@@ -259,7 +260,7 @@ def report(rows: list[dict], out: Path, figure: str | None, data: str = "mnist-5
     lines = [head, "|" + "---|" * len(head.strip("| ").split(" | "))]
     order = {c: i for i, c in enumerate(CONFIGS)}
     for n in sorted({r["steps"] for r in rows}):
-        for config in sorted({r["config"] for r in rows if r["steps"] == n}, key=order.get):
+        for config in sorted({r["config"] for r in rows if r["steps"] == n}, key=lambda c: order.get(c, len(order))):
             rs = [r for r in rows if r["steps"] == n and r["config"] == config]
             paired = [r for r in rs if (n, r["seed"]) in mvae]
             ratio = _ms([r["eval_elbo"] / mvae[(n, r["seed"])] for r in paired]) if config != "mvae" else "–"
