@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from mvimpute.config import load_job_config
 from mvimpute.imputer import MultiViewImputer
@@ -45,8 +46,20 @@ N_DRAWS = 20  # posterior draws for coverage, CRPS and spread (as in docs/tae.md
 
 
 def config_params(config: str) -> tuple[str, dict, int]:
-    """(model, parameters of `MultiViewImputer` except epochs/seed/device, batch size) of `config`."""
+    """(model, parameters of `MultiViewImputer` except epochs/seed/device, batch size) of `config`:
+    one of `CONFIGS`, or one of them with settings replaced, `name:key=value,key=value` (YAML values,
+    e.g. `tae:latent_logvar_cap=2`)."""
     import benchmarks as b  # beside this file
+
+    if ":" in config:
+        base, _, items = config.partition(":")
+        model, params, batch_size = config_params(base)
+        for item in filter(None, items.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"{config!r}: {item!r} is not key=value")
+            params[key] = yaml.safe_load(value)
+        return model, params, int(params.get("batch_size", batch_size))
 
     fixed = dict(val_frac=0.0, patience=None, calibrate=False, progress=False)  # a fixed budget, final weights
     shared = {**b.TAE_BASELINES_ARCH, **b.TAE_BASELINES_BUDGET, **fixed}
@@ -292,14 +305,16 @@ def budget_figure(rows: list[dict], path: Path, data: str = "mnist-5k") -> Path:
     import matplotlib.pyplot as plt
 
     mvae = {(r["steps"], r["seed"]): r["eval_elbo"] for r in rows if r["config"] == "mvae"}
+    every = list(CONFIGS) + sorted({r["config"] for r in rows} - set(CONFIGS))
+    taes = [c for c in every if c != "mvae"]
     panels = [
-        ("eval_elbo", "evaluation ELBO (nats / image)", CONFIGS),
-        ("ratio", "eval ELBO ratio to MVAE (paper: 1.98)", CONFIGS[1:]),
-        ("condition_final", "condition E[log r − log q] (nats)", CONFIGS[1:]),
-        ("beta_final", "β (noise std)", CONFIGS[1:]),
-        ("var_q_z", "mean variance of q(z|y)", CONFIGS),
-        ("var_r_z", "mean variance of r(z|x)", CONFIGS[1:]),
-        ("psnr", "PSNR on hidden pixels (dB)", CONFIGS),
+        ("eval_elbo", "evaluation ELBO (nats / image)", every),
+        ("ratio", "eval ELBO ratio to MVAE (paper: 1.98)", taes),
+        ("condition_final", "condition E[log r − log q] (nats)", taes),
+        ("beta_final", "β (noise std)", taes),
+        ("var_q_z", "mean variance of q(z|y)", every),
+        ("var_r_z", "mean variance of r(z|x)", taes),
+        ("psnr", "PSNR on hidden pixels (dB)", every),
     ]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, (key, title, configs) in zip(axes.flat, panels, strict=False):
@@ -316,7 +331,7 @@ def budget_figure(rows: list[dict], path: Path, data: str = "mnist-5k") -> Path:
                 continue
             steps = sorted({r["steps"] for r in rs})
             mean = [np.mean([r[key] for r in rs if r["steps"] == n]) for n in steps]
-            color = f"C{CONFIGS.index(config)}"  # one colour per configuration in every panel
+            color = f"C{every.index(config) % 10}"  # one colour per configuration in every panel
             ax.plot(steps, mean, "o-", label=config, color=color)
             ax.scatter([r["steps"] for r in rs], [r[key] for r in rs], s=8, alpha=0.5, color=color)
         if key == "ratio":
