@@ -175,6 +175,7 @@ MODEL_CODE = (
     "imputer.py",
     "likelihoods.py",
     "masking.py",
+    "monitoring.py",
     "names.py",
     "predictor.py",
     "registry.py",
