@@ -8,7 +8,6 @@ the same with monitoring on and off."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import scoringrules as sr
 import torch
+from http_calls import call  # beside this file
 
 import mvimpute as mvi
 from mvimpute import monitoring
@@ -183,19 +183,6 @@ def test_bad_settings_are_refused():
 
 
 # ----------------------------------------------------------------------------- served
-
-
-def call(base: str, path: str, body=None):
-    req = urllib.request.Request(
-        base + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from http_calls import call  # beside this file
 from test_platform import _free_port, mlflow_process, mlflow_server  # noqa: F401  (the same server fixtures)
 
 import mvimpute as mvi
@@ -73,16 +74,6 @@ def endpoint(ray_session, mlflow_server, registered):  # noqa: F811
     serve.run(endpoint.build_app(args), name="mvimpute-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
-
-
-def call(base: str, path: str, body=None, raw: bytes | None = None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
 
 
 @pytest.fixture(scope="module")
