@@ -131,6 +131,22 @@ def _summary(cells: list[dict]) -> dict:
     return out
 
 
+def _serve_beside_noop(prefix: str, checkpoint: str | None):
+    """Ray and Serve on a free loopback port with the no-op app at /noop; (temporary folder, checkpoint
+    (trained there when none is given), base URL, the endpoint's common app arguments)."""
+    import ray
+    from ray import serve
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {"checkpoint": str(ckpt), "num_cpus": 0.5, "device": "cpu", "max_replicas": 1, "reload_interval_s": 0}
+    serve.run(_noop_app(), name="noop", route_prefix="/noop")
+    return tmp, ckpt, f"http://127.0.0.1:{port}", common
+
+
 def serve_latency(
     concurrency=(1, 8, 32),
     repeats: int = 3,
@@ -146,14 +162,7 @@ def serve_latency(
 
     from mvimpute.endpoint import build_app
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    common = {"checkpoint": str(ckpt), "num_cpus": 0.5, "device": "cpu", "max_replicas": 1, "reload_interval_s": 0}
-    serve.run(_noop_app(), name="noop", route_prefix="/noop")
+    tmp, ckpt, base, common = _serve_beside_noop("bench-serve-", checkpoint)
     serve.run(build_app({**common, "max_batch_size": 32, "name": "Batched"}), name="batched", route_prefix="/batched")
     serve.run(build_app({**common, "max_batch_size": 1, "name": "Unbatched"}), name="unbatched",
               route_prefix="/unbatched")
@@ -318,14 +327,7 @@ def serve_monitoring(
     from mvimpute.endpoint import build_app
     from mvimpute.monitoring import DEFAULT_SHARE
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-    ckpt = Path(checkpoint) if checkpoint else train_small(tmp / "model.pt")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    common = {"checkpoint": str(ckpt), "num_cpus": 0.5, "device": "cpu", "max_replicas": 1, "reload_interval_s": 0}
-    serve.run(_noop_app(), name="noop", route_prefix="/noop")
+    tmp, ckpt, base, common = _serve_beside_noop("bench-monitor-", checkpoint)
     serve.run(build_app({**common, "monitor_share": 0.0, "name": "Off"}), name="off", route_prefix="/off")
     serve.run(build_app({**common, "monitor_share": DEFAULT_SHARE, "name": "On"}), name="on", route_prefix="/on")
     targets = ["noop", "off", "on"]
