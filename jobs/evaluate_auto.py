@@ -37,11 +37,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--candidates", default=None, help="auto's candidates (names), each also fitted alone; default: auto's own."
     )
+    p.add_argument(
+        "--auto-param", action="append", default=[], metavar="KEY=VALUE",
+        help="A setting of auto (YAML value, e.g. tie_se=0); repeatable. Its rows are labelled auto:KEY=VALUE.",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=100, help="Epochs of the deep candidates.")
     p.add_argument("--n-samples", type=int, default=100, help="Draws for CRPS and intervals.")
     p.add_argument("--out", type=Path, default=OUT, help="JSON lines file: results appended, done fits skipped.")
     p.add_argument("--table", action="store_true", help="Only print the summary table of --out.")
     return p
+
+
+def auto_label(params: list[str]) -> str:
+    """The method label of auto's rows: `auto`, or `auto:key=value:...` with settings."""
+    return ":".join([METHOD_AUTO, *params])
+
+
+def auto_settings(params: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--auto-param takes KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _items(text: str, cast=str) -> list:
@@ -87,6 +108,7 @@ def run(args) -> None:
     from mvimpute.auto import DEFAULT_CANDIDATES
 
     candidates = {c: {} for c in _items(args.candidates)} if args.candidates else dict(DEFAULT_CANDIDATES)
+    label, settings = auto_label(args.auto_param), auto_settings(args.auto_param)
     done = done_keys(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     train_kw = {"epochs": args.epochs, "progress": False, "device": "cpu"}
@@ -101,13 +123,13 @@ def run(args) -> None:
                         train, test = data.subset(np.sort(perm[n_test:])), data.subset(np.sort(perm[:n_test]))
                         c_train = hide(train, mech, rate, seed).data
                         c_test = hide(test, mech, rate, seed + 10_000)
-                        for method in [*candidates, METHOD_AUTO]:
+                        for method in [*candidates, label]:
                             row = {"data": name, "n": n, "mechanism": mech, "rate": rate, "seed": seed}
                             row["method"] = method
                             if _key(row) in done:
                                 continue
-                            if method == METHOD_AUTO:
-                                imp = mvi.MultiViewImputer(METHOD_AUTO, candidates=candidates, **train_kw)
+                            if method == label:
+                                imp = mvi.MultiViewImputer(METHOD_AUTO, candidates=candidates, **settings, **train_kw)
                             else:
                                 imp = mvi.MultiViewImputer(method, **candidates[method], **train_kw)
                             t0, c0 = time.perf_counter(), time.process_time()
@@ -118,7 +140,7 @@ def run(args) -> None:
                                 imp, test, c_test.data, n_samples=args.n_samples, eval_elbo_steps=0, levels=(0.5, 0.9)
                             )
                             row.update({k: s[k] for k in ("rmse", "crps", "coverage_90") if k in s})
-                            if method == METHOD_AUTO:
+                            if method == label:
                                 row["winner"] = imp.model_name
                                 row["selection"] = imp.selection_["candidates"]
                             with args.out.open("a") as f:
@@ -132,7 +154,7 @@ def run(args) -> None:
                             )
 
 
-def summary(path: Path, seeds: list[int] | None = None) -> str:
+def summary(path: Path, seeds: list[int] | None = None, label: str = METHOD_AUTO) -> str:
     """Markdown: per cell (data, n, mechanism, rate), means over the seeds run: auto's pick(s), its
     RMSE and CRPS over the best single candidate's, its coverage, the column mean's RMSE and CRPS,
     and auto's fit time over the sum of its candidates' (CPU time: the fits run with one torch thread,
@@ -146,10 +168,10 @@ def summary(path: Path, seeds: list[int] | None = None) -> str:
     verdict = {"rmse": 0, "crps": 0, "coverage": 0, "mean": 0, "cost": 0, "cells": 0}
     for cell in cells:
         sel = [r for r in rows if (r["data"], r["n"], r["mechanism"], r["rate"]) == cell]
-        autos = [r for r in sel if r["method"] == METHOD_AUTO]
+        autos = [r for r in sel if r["method"] == label]
         seeds = sorted({r["seed"] for r in autos})
         sel = [r for r in sel if r["seed"] in seeds]  # seeds where auto ran: like against like
-        methods = sorted({r["method"] for r in sel} - {METHOD_AUTO})
+        methods = sorted({r["method"] for r in sel if not r["method"].startswith(METHOD_AUTO)})
         if not autos or not methods:
             continue
 
@@ -160,11 +182,11 @@ def summary(path: Path, seeds: list[int] | None = None) -> str:
         complete = [m for m in methods if len({r["seed"] for r in sel if r["method"] == m}) == len(seeds)]
         best_rmse = min(complete, key=lambda m: avg(m, "rmse"))
         best_crps = min(complete, key=lambda m: avg(m, "crps"))
-        a_rmse, a_crps, a_cov = avg(METHOD_AUTO, "rmse"), avg(METHOD_AUTO, "crps"), avg(METHOD_AUTO, "coverage_90")
+        a_rmse, a_crps, a_cov = avg(label, "rmse"), avg(label, "crps"), avg(label, "coverage_90")
         r_rmse, r_crps = a_rmse / avg(best_rmse, "rmse"), a_crps / avg(best_crps, "crps")
         # CPU time where every fit of the cell has it (wall time on shared cores follows the neighbours' load)
         clock = "cpu_seconds" if all("cpu_seconds" in r for r in sel) else "fit_seconds"
-        cost = avg(METHOD_AUTO, clock) / sum(avg(m, clock) for m in complete)
+        cost = avg(label, clock) / sum(avg(m, clock) for m in complete)
         picks = ",".join(f"{w}×{c}" if c > 1 else w for w, c in _counts(r["winner"] for r in autos).items())
         m_rmse, m_crps = avg("mean", "rmse"), avg("mean", "crps")
         verdict["cells"] += 1
@@ -200,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not args.table:
         run(args)
-    print(summary(args.out, _items(args.seeds, int) if args.seeds else None))
+    print(summary(args.out, _items(args.seeds, int) if args.seeds else None, auto_label(args.auto_param)))
 
 
 if __name__ == "__main__":

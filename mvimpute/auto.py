@@ -4,7 +4,9 @@ The score is the one that selects epochs (`training.validation_score`: CRPS of `
 draws on the validation split's hidden entries and whole views, or RMSE with `val_score="rmse"`),
 computed on each candidate's fitted model (`training.final_validation_score`), on the same split
 (every candidate holds out the same rows and hides the same entries). The lowest wins; candidates
-within `tie_tolerance` (relative) of it tie, and a tie goes to the cheapest by `COST_ORDER`.
+within `tie_tolerance` (relative) of it, or within `tie_se` standard errors of their difference to
+it, tie, and a tie goes to the cheapest by `COST_ORDER` (the one-standard-error rule of model
+selection: on a small validation split a difference smaller than its own noise picks nothing).
 
 In-process (`MultiViewImputer(model="auto").fit`) the candidates run one after another, cheapest
 first, within `budget` seconds: a candidate that starts after the budget is spent is skipped (and
@@ -35,7 +37,10 @@ DEFAULT_CANDIDATES = {"mean": {}, "knn": {}, "mice": {"n_nearest_features": 20},
 COST_ORDER = ("mean", "knn", "mice", "jpvae", "mvae", "miwae", "tae")
 DEFAULT_BUDGET = 1800.0  # seconds, in-process
 TIE_TOLERANCE = 0.01  # relative: within 1 % of the best score is a tie
-AUTO_KEYS = ("candidates", "budget", "tie_tolerance")
+# within this many standard errors of the paired difference to the best score is a tie (the
+# standard error from the per-row scores on the shared validation split; 0: off)
+TIE_SE = 1.0
+AUTO_KEYS = ("candidates", "budget", "tie_tolerance", "tie_se")
 
 
 def parse_candidates(candidates) -> dict[str, dict]:
@@ -91,13 +96,23 @@ def check_tolerance(tol) -> float:
     return float(tol)
 
 
-class AutoSettings:
-    """The checked settings of `model="auto"`: candidates (name → params, cheapest first), budget (s), tolerance."""
+def check_tie_se(tie_se) -> float:
+    if isinstance(tie_se, bool) or not isinstance(tie_se, int | float) or not 0 <= tie_se < math.inf:
+        raise ValueError(f"tie_se must be a number of standard errors >= 0, got {tie_se!r}")
+    return float(tie_se)
 
-    def __init__(self, candidates=DEFAULT_CANDIDATES, budget=DEFAULT_BUDGET, tie_tolerance=TIE_TOLERANCE) -> None:
+
+class AutoSettings:
+    """The checked settings of `model="auto"`: candidates (name → params, cheapest first), budget (s),
+    the tie rule (relative tolerance, standard errors)."""
+
+    def __init__(
+        self, candidates=DEFAULT_CANDIDATES, budget=DEFAULT_BUDGET, tie_tolerance=TIE_TOLERANCE, tie_se=TIE_SE
+    ) -> None:
         self.candidates = parse_candidates(candidates)
         self.budget = check_budget(budget)
         self.tie_tolerance = check_tolerance(tie_tolerance)
+        self.tie_se = check_tie_se(tie_se)
 
     @classmethod
     def from_params(cls, params: Mapping) -> AutoSettings:
@@ -107,23 +122,79 @@ class AutoSettings:
         return cls(**params)
 
     def as_dict(self) -> dict:
-        return {"candidates": self.candidates, "budget": self.budget, "tie_tolerance": self.tie_tolerance}
+        return {
+            "candidates": self.candidates,
+            "budget": self.budget,
+            "tie_tolerance": self.tie_tolerance,
+            "tie_se": self.tie_se,
+        }
 
 
-def pick_winner(rows: Sequence[Mapping], tie_tolerance: float, key: str = "val_score") -> str:
+def paired_standard_error(a: Mapping | None, b: Mapping | None, metric: str) -> float | None:
+    """Standard error of score(a) − score(b), both scored on the same hidden validation entries, from
+    their per-row sums (`training.validation_score(per_row=True)`'s `rows`: `crps`, `sse`, `count`).
+
+    The rows are the independent units (a row's entries share its latent and its neighbours): with
+    d_r the difference of the two row sums over the R rows holding hidden entries and N entries in
+    all, the difference of the mean CRPS is Σ d_r / N and its standard error √(R · var(d)) / N. For
+    RMSE the same is taken of the squared errors and carried through RMSE_a − RMSE_b =
+    (MSE_a − MSE_b) / (RMSE_a + RMSE_b). None where either lacks the rows, or they hide different
+    entries."""
+    import numpy as np
+
+    key = {"val_crps": "crps", "val_rmse": "sse"}.get(metric)
+    if not a or not b or key is None or key not in a or key not in b:
+        return None
+    count_a, count_b = np.asarray(a["count"]), np.asarray(b["count"])
+    if count_a.shape != count_b.shape or not np.array_equal(count_a, count_b):
+        return None
+    held = count_a > 0
+    d = (np.asarray(a[key], dtype=np.float64) - np.asarray(b[key], dtype=np.float64))[held]
+    n_rows, n_entries = d.size, count_a[held].sum()
+    if n_rows < 2:
+        return None
+    se = math.sqrt(n_rows * float(np.var(d, ddof=1))) / float(n_entries)
+    if key == "sse":
+        rmse_sum = math.sqrt(np.sum(a["sse"]) / n_entries) + math.sqrt(np.sum(b["sse"]) / n_entries)
+        se = se / rmse_sum if rmse_sum > 0 else math.inf
+    return se
+
+
+def pick_winner(
+    rows: Sequence[Mapping],
+    tie_tolerance: float,
+    key: str = "val_score",
+    tie_se: float = 0.0,
+    metric: str = "val_crps",
+) -> str:
     """The winner of scored rows (`model`, `key`; rows without a finite score are out): the cheapest
-    (`COST_ORDER`) of those within `tie_tolerance` × |best| of the lowest score."""
+    (`COST_ORDER`) of those within `tie_tolerance` × |best| of the lowest score, or within `tie_se`
+    standard errors of their paired difference to it (`paired_standard_error` of the rows'
+    `val_rows`, on `metric`). Each scored row gets `se_vs_best` (None where unknown)."""
     scored = [r for r in rows if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
     if not scored:
         raise ValueError("model 'auto': no candidate produced a validation score")
-    best = min(r[key] for r in scored)
-    tied = [r for r in scored if r[key] <= best + tie_tolerance * abs(best)]
+    best_row = min(scored, key=lambda r: r[key])
+    best = best_row[key]
+    tied = []
+    for r in scored:
+        se = 0.0 if r is best_row else paired_standard_error(r.get("val_rows"), best_row.get("val_rows"), metric)
+        if isinstance(r, dict):
+            r["se_vs_best"] = se
+        margin = max(tie_tolerance * abs(best), tie_se * se if se is not None else 0.0)
+        if r[key] <= best + margin:
+            tied.append(r)
     return min(tied, key=lambda r: (cost_rank(r["model"]), r[key]))["model"]
+
+
+def without_row_scores(rows: Sequence[Mapping]) -> list[dict]:
+    """The rows without their per-row validation scores (kept out of tables, checkpoints, MLflow)."""
+    return [{k: v for k, v in r.items() if k != "val_rows"} for r in rows]
 
 
 def selection_table(rows: Sequence[Mapping], winner: str | None) -> str:
     """The candidates and scores as a plain-text table (the command line's summary)."""
-    head = ["model", "val_score", "val_crps", "val_rmse", "fit s", "status"]
+    head = ["model", "val_score", "se vs best", "val_crps", "val_rmse", "fit s", "status"]
     lines = [head]
     for r in rows:
 
@@ -132,10 +203,10 @@ def selection_table(rows: Sequence[Mapping], winner: str | None) -> str:
             return fmt.format(v) if isinstance(v, int | float) and math.isfinite(v) else "-"
 
         mark = " *" if r["model"] == winner else ""
-        lines.append([r["model"] + mark, num("val_score"), num("val_crps"), num("val_rmse"),
-                      num("fit_seconds", "{:.1f}"), r.get("status", "")])  # fmt: skip
+        lines.append([r["model"] + mark, num("val_score"), num("se_vs_best", "{:.2g}"), num("val_crps"),
+                      num("val_rmse"), num("fit_seconds", "{:.1f}"), r.get("status", "")])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    out = ["  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
            for r in lines]  # fmt: skip
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in out)
@@ -147,10 +218,13 @@ __all__ = [
     "COST_ORDER",
     "DEFAULT_BUDGET",
     "DEFAULT_CANDIDATES",
+    "TIE_SE",
     "TIE_TOLERANCE",
     "AutoSettings",
     "cost_rank",
+    "paired_standard_error",
     "parse_candidates",
     "pick_winner",
     "selection_table",
+    "without_row_scores",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .auto import AUTO, AutoSettings, pick_winner
+from .auto import AUTO, AutoSettings, pick_winner, without_row_scores
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
@@ -44,7 +44,7 @@ class MultiViewImputer:
     """Fill missing entries and whole missing views with a generative multi-view model.
 
     `model` is one of the registry's names ("tae", "jpvae", "mvae", "miwae", "mean", "knn", "mice"),
-    or "auto" (parameters `candidates`, `budget`, `tie_tolerance`; see `auto.py`); keyword arguments
+    or "auto" (parameters `candidates`, `budget`, `tie_tolerance`, `tie_se`; see `auto.py`); keyword arguments
     are split between the training loop (`epochs`, `batch_size`, `lr`, `patience`, `val_frac`,
     `seed`, `device`, `progress`, ...) and the model's own config (e.g. `prior`, `alpha`,
     `latent_dim` for JPVAE; `C`, `lam` for TAE). An unknown name is a `ValueError`.
@@ -396,6 +396,7 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
             val_score=scores["val_score"],
             val_crps=scores.get("val_crps", math.nan),
             val_rmse=scores["val_rmse"],
+            val_rows=scores.get("rows"),
             fit_seconds=time.perf_counter() - c0,
             epochs_run=len(cand.history_),
             best_epoch=int(cand.best_epoch_ or 0),
@@ -407,7 +408,9 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
         fitted[name] = cand
         if on_candidate is not None:
             on_candidate(name, row)
-    winner_name = pick_winner(rows, settings.tie_tolerance)
+    metric = f"val_{next(iter(fitted.values())).train_config.val_score}"
+    winner_name = pick_winner(rows, settings.tie_tolerance, tie_se=settings.tie_se, metric=metric)
+    rows = without_row_scores(rows)
     winner = fitted[winner_name]
     c0 = time.perf_counter()
     cfg = replace(winner.train_config, calibrate=calibrate)
@@ -429,6 +432,7 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
         "metric": f"val_{cfg.val_score}",
         "winner": winner_name,
         "tie_tolerance": settings.tie_tolerance,
+        "tie_se": settings.tie_se,
         "budget_seconds": budget,
         "cost_order": list(settings.candidates),  # cheapest first (`auto.COST_ORDER`)
         "seconds": total,

@@ -104,14 +104,21 @@ def calibration_sets(val: ValidationSet, hide_frac: float, seed: int) -> list[tu
 
 
 @torch.no_grad()
-def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int = 0) -> dict[str, float]:
+def validation_score(
+    model: ImputationModel, val: ValidationSet, n_samples: int = 0, per_row: bool = False
+) -> dict[str, Any]:
     """On the hidden validation entries (scaled space), overall and per view: RMSE of the point
     imputation (`val_rmse`) and, with `n_samples` > 0, the CRPS of that many raw predictive draws
-    (`val_crps`, scoringrules' ensemble CRPS, averaged over entries)."""
+    (`val_crps`, scoringrules' ensemble CRPS, averaged over entries).
+
+    With `per_row`, also `rows`: per validation row (all views together) the sum of squared errors
+    (`sse`), of CRPS (`crps`, with draws) and the number of hidden entries (`count`), as lists — the
+    units whose spread gives a score's standard error (`auto.paired_standard_error`)."""
     was_training = model.training
     model.eval()
     n = len(val.corrupted)
     sums: dict[str, list[float]] = {v: [0.0, 0, 0.0] for v in val.hidden}  # squared error, entries, CRPS
+    row_sse, row_crps, row_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     for rows in row_chunks(n):  # a chunk of rows at a time: memory flat in the split's size
         corrupted = val.corrupted.select(rows)
         filled = model.impute_mean(corrupted)
@@ -122,9 +129,17 @@ def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int 
             err = filled[v][h] - truth
             sums[v][0] += float(err.pow(2).sum())
             sums[v][1] += err.numel()
+            crps = None
             if draws is not None and err.numel():
                 crps = sr.crps_ensemble(truth.double().cpu().numpy(), draws[v][:, h].double().cpu().numpy(), m_axis=0)
                 sums[v][2] += float(np.sum(crps))
+            if per_row and err.numel():
+                # the hidden entries in row-major order: each entry's row, to sum per row
+                row_of = np.nonzero(h.cpu().numpy())[0] + rows.start
+                np.add.at(row_sse, row_of, err.pow(2).double().cpu().numpy())
+                np.add.at(row_cnt, row_of, 1)
+                if crps is not None:
+                    np.add.at(row_crps, row_of, np.asarray(crps, dtype=np.float64))
     model.train(was_training)
     out, sse, cnt, crps_sum = {}, 0.0, 0, 0.0
     for v, (v_sse, v_cnt, v_crps) in sums.items():
@@ -137,18 +152,29 @@ def validation_score(model: ImputationModel, val: ValidationSet, n_samples: int 
     out["val_rmse"] = math.sqrt(sse / cnt) if cnt else float("nan")
     if n_samples:
         out["val_crps"] = crps_sum / cnt if cnt else float("nan")
+    if per_row:
+        out["rows"] = {"sse": row_sse.tolist(), "count": row_cnt.tolist()}
+        if n_samples:
+            out["rows"]["crps"] = row_crps.tolist()
     return out
 
 
-def final_validation_score(model: ImputationModel, val: ValidationSet | None, config: TrainConfig) -> dict[str, float]:
+# per-row validation scores are kept (for `auto`'s standard errors) up to this many validation rows;
+# beyond, the standard error of a score is far below any difference that decides a pick
+ROW_SCORES_MAX = 20_000
+
+
+def final_validation_score(model: ImputationModel, val: ValidationSet | None, config: TrainConfig) -> dict[str, Any]:
     """`validation_score` of a fitted model as it will be used (after `after_fit`), with the draws
     of `config.val_score`: `val_rmse`, `val_crps` (with draws), per view, and `val_score` (the one
-    `config.val_score` names, which selects epochs). Ranks models of different kinds on one
-    validation split (`model="auto"`); empty without a validation set."""
+    `config.val_score` names, which selects epochs), plus the per-row sums (`rows`) when the split
+    has at most `ROW_SCORES_MAX` rows. Ranks models of different kinds on one validation split
+    (`model="auto"`); empty without a validation set."""
     if val is None:
         return {}
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    out = validation_score(model, val.to(device), config.val_samples if config.val_score == "crps" else 0)
+    n_samples = config.val_samples if config.val_score == "crps" else 0
+    out = validation_score(model, val.to(device), n_samples, per_row=len(val.corrupted) <= ROW_SCORES_MAX)
     out["val_score"] = out[f"val_{config.val_score}"]
     return out
 

@@ -97,8 +97,97 @@ def test_ties_go_to_the_cheaper_model():
     scores = {r["model"]: r["val_score"] for r in imp.selection_["candidates"]}
     assert abs(scores["knn"] - scores["mean"]) <= 0.2 * min(scores.values()), scores
     assert imp.model_name == "mean"
-    strict = mvi.MultiViewImputer("auto", candidates=["knn", "mean"], tie_tolerance=0.0, **FAST).fit(noise)
+    strict = mvi.MultiViewImputer("auto", candidates=["knn", "mean"], tie_tolerance=0.0, tie_se=0, **FAST).fit(noise)
     assert strict.model_name == min(scores, key=scores.get)
+
+
+# ----------------------------------------------------------------------------- the one-standard-error rule
+
+
+def _replicate_rows(rng, n_rows: int, metric: str):
+    """Per-row sums of two candidates on one validation split: rows hold 1-5 hidden entries, each
+    entry's score is a row effect shared by both (correlated) plus each candidate's own noise; B's
+    entries are worse by 0.05 on average."""
+    count = rng.integers(1, 6, size=n_rows)
+    shared = rng.gamma(2.0, 0.2, size=n_rows)
+    rows = {}
+    for name, shift in (("a", 0.0), ("b", 0.05)):
+        per_entry = [shared[i] + shift + 0.3 * rng.random(count[i]) for i in range(n_rows)]
+        key = "crps" if metric == "val_crps" else "sse"
+        rows[name] = {key: [float(np.sum(e)) for e in per_entry], "count": count.tolist()}
+    return rows
+
+
+@pytest.mark.parametrize("metric", ["val_crps", "val_rmse"])
+def test_the_paired_standard_error_matches_the_spread_over_replicate_splits(metric):
+    """Monte Carlo: over 2,000 independent validation splits the standard deviation of the score
+    difference must match the mean of the standard errors estimated from one split each."""
+    from mvimpute.auto import paired_standard_error
+
+    rng = np.random.default_rng(0)
+    key = "crps" if metric == "val_crps" else "sse"
+    diffs, ses, unpaired = [], [], []
+    for _ in range(2000):
+        r = _replicate_rows(rng, 40, metric)
+        n = np.sum(r["a"]["count"])
+        a, b = np.sum(r["a"][key]) / n, np.sum(r["b"][key]) / n
+        diffs.append(a - b if metric == "val_crps" else math.sqrt(a) - math.sqrt(b))
+        ses.append(paired_standard_error(r["a"], r["b"], metric))
+        unpaired.append(math.sqrt(40 * (np.var(r["a"][key], ddof=1) + np.var(r["b"][key], ddof=1))) / n)
+    assert np.mean(ses) == pytest.approx(np.std(diffs), rel=0.08), (np.mean(ses), np.std(diffs))
+    if metric == "val_crps":  # unpaired, the shared row effect would count twice: the pairing matters
+        assert np.mean(unpaired) > 3 * np.std(diffs), (np.mean(unpaired), np.std(diffs))
+
+
+def test_one_entry_per_row_reduces_to_the_textbook_standard_error_of_a_mean():
+    from mvimpute.auto import paired_standard_error
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random(30), rng.random(30)
+    one = [1] * 30
+    se = paired_standard_error({"crps": a.tolist(), "count": one}, {"crps": b.tolist(), "count": one}, "val_crps")
+    assert se == pytest.approx(np.std(a - b, ddof=1) / math.sqrt(30))
+    # rows without hidden entries do not count; different hidden entries give no paired error
+    a_empty = {"crps": [*a, 0.0], "count": [*one, 0]}
+    b_empty = {"crps": [*b, 0.0], "count": [*one, 0]}
+    assert paired_standard_error(a_empty, b_empty, "val_crps") == pytest.approx(se)
+    two = [2] * 30
+    other = {"crps": b.tolist(), "count": two}
+    assert paired_standard_error({"crps": a.tolist(), "count": one}, other, "val_crps") is None
+
+
+def test_a_lead_inside_one_standard_error_goes_to_the_cheaper_model():
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=50)
+    e = rng.normal(size=50)
+    e = 0.1 * (e - e.mean()) / e.std(ddof=1)  # paired differences with sd 0.1: SE 0.1 / √50 = 0.0141
+    mean_rows = {"crps": (1.0 + noise).tolist(), "count": [1] * 50}
+    close = {"crps": (1.0 - 0.01 + noise + e).tolist(), "count": [1] * 50}  # ahead by 0.01 < 1 SE
+    far = {"crps": (1.0 - 0.02 + noise + e).tolist(), "count": [1] * 50}  # ahead by 0.02 > 1 SE
+    for jp_rows, expected in ((close, "mean"), (far, "jpvae")):
+        rows = [{"model": "mean", "val_score": float(np.mean(mean_rows["crps"])), "val_rows": mean_rows},
+                {"model": "jpvae", "val_score": float(np.mean(jp_rows["crps"])), "val_rows": jp_rows}]  # fmt: skip
+        assert pick_winner(rows, 0.0, tie_se=1.0) == expected, rows
+        assert pick_winner(rows, 0.0, tie_se=0.0) == "jpvae"  # off: the lowest score
+        assert rows[0]["se_vs_best"] > 0 and rows[1]["se_vs_best"] == 0
+    # without row scores the rule falls back to the relative tolerance
+    bare = [{"model": "mean", "val_score": 1.0}, {"model": "jpvae", "val_score": 0.98}]
+    assert pick_winner(bare, 0.0, tie_se=1.0) == "jpvae" and bare[0]["se_vs_best"] is None
+
+
+def test_the_validation_row_sums_add_up_to_the_scores_and_auto_keeps_them_out_of_the_table():
+    from mvimpute.training import final_validation_score
+
+    imp = mvi.MultiViewImputer("knn", **FAST).fit(linear_views(200))
+    scores = final_validation_score(imp.model_, imp.validation_set_, imp.train_config)
+    rows = scores["rows"]
+    hidden = sum(int(h.sum()) for h in imp.validation_set_.hidden.values())
+    assert sum(rows["count"]) == hidden and len(rows["count"]) == len(imp.validation_set_.corrupted)
+    assert sum(rows["crps"]) / hidden == pytest.approx(scores["val_crps"])
+    assert math.sqrt(sum(rows["sse"]) / hidden) == pytest.approx(scores["val_rmse"])
+    auto = mvi.MultiViewImputer("auto", candidates=["mean", "knn"], **FAST).fit(linear_views(200))
+    assert auto.selection_["tie_se"] == 1.0
+    assert all("val_rows" not in r and "se_vs_best" in r for r in auto.selection_["candidates"])
 
 
 def test_the_table_is_in_the_checkpoint_and_survives_save_and_load(tmp_path):
@@ -146,6 +235,8 @@ def test_a_deep_candidate_stops_its_epochs_at_the_time_left():
         ({"budget": 0}, "budget"),
         ({"budget": -5}, "budget"),
         ({"tie_tolerance": 2}, "tie_tolerance"),
+        ({"tie_se": -1}, "tie_se"),
+        ({"tie_se": "one"}, "tie_se"),
         ({"alpha": 0.9}, "alpha"),
     ],
 )

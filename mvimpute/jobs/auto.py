@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from ..auto import AutoSettings, pick_winner
+from ..auto import AutoSettings, pick_winner, without_row_scores
 from ..config import TrainJobConfig
 from ..engine.search import default_space, load_space
 
@@ -96,16 +96,19 @@ def selection_from_table(table, settings: AutoSettings, metric: str) -> tuple[di
             best = done.loc[done["final_score"].idxmin()]
             best_trials[name] = best["trial_id"]
             row.update(val_score=float(best["final_score"]), trial_id=best["trial_id"], status="ok")
+            row["val_rows"] = _row_scores(best.get("checkpoint"))
         else:
             row.update(status="failed" if len(sel) else "not run")
         rows.append(row)
-    winner = pick_winner(rows, settings.tie_tolerance) if best_trials else None
+    winner = pick_winner(rows, settings.tie_tolerance, tie_se=settings.tie_se, metric=metric) if best_trials else None
+    rows = without_row_scores(rows)
     for r in rows:
         r["winner"] = r["model"] == winner
     selection = {
         "metric": metric,
         "winner": winner,
         "tie_tolerance": settings.tie_tolerance,
+        "tie_se": settings.tie_se,
         "budget_seconds": None,
         "cost_order": list(settings.candidates),
         "candidates": rows,
@@ -135,6 +138,17 @@ def final_scores(checkpoint) -> dict:
     return dict(read_checkpoint(checkpoint).get("validation") or {})
 
 
+def _row_scores(checkpoint) -> dict | None:
+    """A trial's per-row validation scores from its checkpoint, where this process can read it (a
+    local path); None for a URI or none (its tie then rests on `tie_tolerance` alone)."""
+    if not isinstance(checkpoint, str) or not checkpoint or "://" in checkpoint:
+        return None
+    try:
+        return final_scores(checkpoint).get("rows")
+    except (OSError, ValueError):
+        return None
+
+
 def log_selection(ref, selection: dict) -> None:
     """The table as MLflow params (`auto.winner`, `auto.candidates`, ...) and metrics (`auto.<model>.*`)."""
     from .. import tracking as tr
@@ -144,6 +158,7 @@ def log_selection(ref, selection: dict) -> None:
         "auto.metric": selection["metric"],
         "auto.candidates": ",".join(r["model"] for r in selection["candidates"]),
         "auto.tie_tolerance": selection["tie_tolerance"],
+        "auto.tie_se": selection.get("tie_se"),
         "auto.budget_seconds": selection.get("budget_seconds"),
     }
     client = ref.client
@@ -151,7 +166,7 @@ def log_selection(ref, selection: dict) -> None:
         client.log_param(ref.run_id, k, str(v))
     metrics = {}
     for r in selection["candidates"]:
-        for key in ("val_score", "val_crps", "val_rmse", "fit_seconds"):
+        for key in ("val_score", "val_crps", "val_rmse", "fit_seconds", "se_vs_best"):
             v = r.get(key)
             if isinstance(v, int | float) and math.isfinite(v):
                 metrics[f"auto.{r['model']}.{key}"] = float(v)

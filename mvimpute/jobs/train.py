@@ -127,7 +127,7 @@ def run_auto_train(job: TrainJobConfig, echo: bool = True):
     import math
     import time
 
-    from ..auto import pick_winner, selection_table
+    from ..auto import pick_winner, selection_table, without_row_scores
     from ..engine.resources import plan_worker_resources
     from ..engine.runner import prepare_for, read_data, run_training, start_ray
     from .auto import add_selection, candidate_job, final_scores, log_selection, settings_of
@@ -168,6 +168,7 @@ def run_auto_train(job: TrainJobConfig, echo: bool = True):
             val_score=scores.get("val_score", math.nan),
             val_crps=scores.get("val_crps", math.nan),
             val_rmse=scores.get("val_rmse", math.nan),
+            val_rows=scores.get("rows"),
             fit_seconds=time.perf_counter() - c0,
             epochs_run=len(result.history),
             best_epoch=result.best_epoch,
@@ -176,14 +177,17 @@ def run_auto_train(job: TrainJobConfig, echo: bool = True):
         )
         rows.append(row)
         results[name] = result
-    winner = pick_winner(rows, settings.tie_tolerance)
+    metric = f"val_{base.train.val_score}"
+    winner = pick_winner(rows, settings.tie_tolerance, tie_se=settings.tie_se, metric=metric)
+    rows = without_row_scores(rows)
     for r in rows:
         r["winner"] = r["model"] == winner
     result = results[winner]
     selection = {
-        "metric": f"val_{base.train.val_score}",
+        "metric": metric,
         "winner": winner,
         "tie_tolerance": settings.tie_tolerance,
+        "tie_se": settings.tie_se,
         "budget_seconds": settings.budget,
         "cost_order": list(settings.candidates),
         "seconds": time.perf_counter() - t0,
