@@ -1,8 +1,9 @@
 """`model="auto"`: fit candidate models, rank them on the self-supervised validation score, keep the winner.
 
-The score is the one that selects epochs (`training.validation_score`: CRPS of `val_samples` raw
-draws on the validation split's hidden entries and whole views, or RMSE with `val_score="rmse"`),
-computed on each candidate's fitted model (`training.final_validation_score`), on the same split
+The score is the one that selects epochs (`training.validation_score`: CRPS of raw draws on the
+validation split's hidden entries and whole views, or RMSE with `val_score="rmse"`), computed on
+each candidate's fitted model with at least `training.RANK_SAMPLES` (100) draws
+(`training.final_validation_score`: fewer would favour narrow predictive distributions), on the same split
 (every candidate holds out the same rows and hides the same entries). The lowest wins; candidates
 within `tie_tolerance` (relative) of it tie, and a tie goes to the cheapest by `COST_ORDER`. With
 `tie_se` > 0, so do candidates within that many standard errors of their paired difference to the
