@@ -134,7 +134,9 @@ class AutoSettings:
         }
 
 
-def paired_standard_error(a: Mapping | None, b: Mapping | None, metric: str) -> float | None:
+def paired_standard_error(
+    a: Mapping | None, b: Mapping | None, metric: str, view_weight: float | None = None
+) -> float | None:
     """Standard error of score(a) − score(b), both scored on the same hidden validation entries, from
     their per-row sums (`training.validation_score(per_row=True)`'s `rows`: `crps`, `sse`, `count`).
 
@@ -142,8 +144,10 @@ def paired_standard_error(a: Mapping | None, b: Mapping | None, metric: str) -> 
     d_r the difference of the two row sums over the R rows holding hidden entries and N entries in
     all, the difference of the mean CRPS is Σ d_r / N and its standard error √(R · var(d)) / N. For
     RMSE the same is taken of the squared errors and carried through RMSE_a − RMSE_b =
-    (MSE_a − MSE_b) / (RMSE_a + RMSE_b). None where either lacks the rows, or they hide different
-    entries."""
+    (MSE_a − MSE_b) / (RMSE_a + RMSE_b). With `view_weight` w (the score that ranks,
+    `training.mix_of_kinds`), each row's difference is w · its whole-view part / the whole-view
+    entries + (1 − w) · the rest / the other entries. None where either lacks the rows, or they hide
+    different entries."""
     import numpy as np
 
     key = {"val_crps": "crps", "val_rmse": "sse"}.get(metric)
@@ -153,13 +157,25 @@ def paired_standard_error(a: Mapping | None, b: Mapping | None, metric: str) -> 
     if count_a.shape != count_b.shape or not np.array_equal(count_a, count_b):
         return None
     held = count_a > 0
-    d = (np.asarray(a[key], dtype=np.float64) - np.asarray(b[key], dtype=np.float64))[held]
-    n_rows, n_entries = d.size, count_a[held].sum()
+    n_rows = int(held.sum())
     if n_rows < 2:
         return None
-    se = math.sqrt(n_rows * float(np.var(d, ddof=1))) / float(n_entries)
+
+    def per_row(r: Mapping) -> np.ndarray:
+        """Each row's share of the score (the score is their sum)."""
+        total = np.asarray(r[key], dtype=np.float64)
+        views = np.asarray(r.get(f"{key}_views", np.zeros_like(total)), dtype=np.float64)
+        n_views = float(np.sum(r.get("count_views", 0)))
+        n_entries = float(np.sum(r["count"])) - n_views
+        if view_weight is None or n_views == 0 or n_entries == 0 or f"{key}_views" not in r:
+            return total / float(np.sum(r["count"]))
+        return view_weight * views / n_views + (1 - view_weight) * (total - views) / n_entries
+
+    da, db = per_row(a), per_row(b)
+    d = (da - db)[held]
+    se = math.sqrt(n_rows * float(np.var(d, ddof=1)))
     if key == "sse":
-        rmse_sum = math.sqrt(np.sum(a["sse"]) / n_entries) + math.sqrt(np.sum(b["sse"]) / n_entries)
+        rmse_sum = math.sqrt(np.sum(da)) + math.sqrt(np.sum(db))
         se = se / rmse_sum if rmse_sum > 0 else math.inf
     return se
 
@@ -181,8 +197,10 @@ def pick_winner(
     best_row = min(scored, key=lambda r: r[key])
     best = best_row[key]
     tied = []
+    weight = best_row.get("view_weight")
     for r in scored:
-        se = 0.0 if r is best_row else paired_standard_error(r.get("val_rows"), best_row.get("val_rows"), metric)
+        pair = (r.get("val_rows"), best_row.get("val_rows"))
+        se = 0.0 if r is best_row else paired_standard_error(*pair, metric, weight)
         if isinstance(r, dict):
             r["se_vs_best"] = se
         margin = max(tie_tolerance * abs(best), tie_se * se if se is not None else 0.0)

@@ -397,6 +397,7 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
             val_crps=scores.get("val_crps", math.nan),
             val_rmse=scores["val_rmse"],
             val_rows=scores.get("rows"),
+            view_weight=scores.get("view_weight"),
             fit_seconds=time.perf_counter() - c0,
             epochs_run=len(cand.history_),
             best_epoch=int(cand.best_epoch_ or 0),

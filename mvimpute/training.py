@@ -111,14 +111,21 @@ def validation_score(
     imputation (`val_rmse`) and, with `n_samples` > 0, the CRPS of that many raw predictive draws
     (`val_crps`, scoringrules' ensemble CRPS, averaged over entries).
 
+    Each hidden entry is of one of two kinds: in a view the corrupted row lacks entirely (`views`)
+    or beside observed entries of its view (`entries`); `val_rmse_views`, `val_rmse_entries` (and
+    `val_crps_*`) score them apart.
+
     With `per_row`, also `rows`: per validation row (all views together) the sum of squared errors
-    (`sse`), of CRPS (`crps`, with draws) and the number of hidden entries (`count`), as lists — the
-    units whose spread gives a score's standard error (`auto.paired_standard_error`)."""
+    (`sse`), of CRPS (`crps`, with draws) and the number of hidden entries (`count`), and the same
+    for the whole-view kind alone (`sse_views`, `crps_views`, `count_views`), as lists — the units
+    whose spread gives a score's standard error (`auto.paired_standard_error`)."""
     was_training = model.training
     model.eval()
     n = len(val.corrupted)
     sums: dict[str, list[float]] = {v: [0.0, 0, 0.0] for v in val.hidden}  # squared error, entries, CRPS
+    kinds = {k: [0.0, 0, 0.0] for k in ("views", "entries")}
     row_sse, row_crps, row_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+    view_sse, view_crps, view_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     for rows in row_chunks(n):  # a chunk of rows at a time: memory flat in the split's size
         corrupted = val.corrupted.select(rows)
         filled = model.impute_mean(corrupted)
@@ -133,13 +140,25 @@ def validation_score(
             if draws is not None and err.numel():
                 crps = sr.crps_ensemble(truth.double().cpu().numpy(), draws[v][:, h].double().cpu().numpy(), m_axis=0)
                 sums[v][2] += float(np.sum(crps))
-            if per_row and err.numel():
+            if not err.numel():
+                continue
+            # each hidden entry's kind: its view wholly missing from the corrupted row, or not
+            whole = (corrupted.masks[v] == 0).all(1, keepdim=True).expand_as(h)[h].cpu().numpy()
+            sq = err.pow(2).double().cpu().numpy()
+            c = np.asarray(crps, dtype=np.float64) if crps is not None else np.zeros_like(sq)
+            for kind, sel in (("views", whole), ("entries", ~whole)):
+                kinds[kind][0] += float(sq[sel].sum())
+                kinds[kind][1] += int(sel.sum())
+                kinds[kind][2] += float(c[sel].sum())
+            if per_row:
                 # the hidden entries in row-major order: each entry's row, to sum per row
                 row_of = np.nonzero(h.cpu().numpy())[0] + rows.start
-                np.add.at(row_sse, row_of, err.pow(2).double().cpu().numpy())
+                np.add.at(row_sse, row_of, sq)
                 np.add.at(row_cnt, row_of, 1)
-                if crps is not None:
-                    np.add.at(row_crps, row_of, np.asarray(crps, dtype=np.float64))
+                np.add.at(row_crps, row_of, c)
+                np.add.at(view_sse, row_of[whole], sq[whole])
+                np.add.at(view_cnt, row_of[whole], 1)
+                np.add.at(view_crps, row_of[whole], c[whole])
     model.train(was_training)
     out, sse, cnt, crps_sum = {}, 0.0, 0, 0.0
     for v, (v_sse, v_cnt, v_crps) in sums.items():
@@ -152,11 +171,41 @@ def validation_score(
     out["val_rmse"] = math.sqrt(sse / cnt) if cnt else float("nan")
     if n_samples:
         out["val_crps"] = crps_sum / cnt if cnt else float("nan")
+    for kind, (k_sse, k_cnt, k_crps) in kinds.items():
+        if k_cnt:
+            out[f"val_rmse_{kind}"] = math.sqrt(k_sse / k_cnt)
+            if n_samples:
+                out[f"val_crps_{kind}"] = k_crps / k_cnt
     if per_row:
         out["rows"] = {"sse": row_sse.tolist(), "count": row_cnt.tolist()}
+        out["rows"].update(sse_views=view_sse.tolist(), count_views=view_cnt.tolist())
         if n_samples:
-            out["rows"]["crps"] = row_crps.tolist()
+            out["rows"].update(crps=row_crps.tolist(), crps_views=view_crps.tolist())
     return out
+
+
+def whole_view_share(batch: MultiViewBatch) -> float | None:
+    """Of the entries `batch` lacks, the share in views its rows lack entirely (a missing view)
+    rather than beside observed entries of their view; None when nothing is missing."""
+    whole = partial = 0
+    for m in batch.masks.values():
+        missing = (m == 0).sum(1)
+        gone = missing == m.shape[1]
+        whole += int(missing[gone].sum())
+        partial += int(missing[~gone].sum())
+    return whole / (whole + partial) if whole + partial else None
+
+
+def mix_of_kinds(scores: Mapping[str, float], metric: str, weight: float | None) -> float:
+    """`metric` (`crps` or `rmse`) over the validation's hidden entries with the two kinds weighted
+    as the data's own missing entries are (`weight`: the whole-view share), or as hidden where the
+    data misses nothing or the split hid one kind only."""
+    views, entries = scores.get(f"val_{metric}_views"), scores.get(f"val_{metric}_entries")
+    if weight is None or views is None or entries is None:
+        return scores[f"val_{metric}"]
+    if metric == "rmse":
+        return math.sqrt(weight * views**2 + (1 - weight) * entries**2)
+    return weight * views + (1 - weight) * entries
 
 
 # per-row validation scores are kept (for `auto`'s standard errors) up to this many validation rows;
@@ -174,16 +223,22 @@ RANK_SAMPLES = 100
 def final_validation_score(model: ImputationModel, val: ValidationSet | None, config: TrainConfig) -> dict[str, Any]:
     """`validation_score` of a fitted model as it will be used (after `after_fit`), with the draws
     of `config.val_score`: `val_rmse`, `val_crps` (with draws), per view, and `val_score` (the one
-    `config.val_score` names, which selects epochs), plus the per-row sums (`rows`) when the split
-    has at most `ROW_SCORES_MAX` rows. The CRPS is of at least `RANK_SAMPLES` draws (`val_samples`
-    if more). Ranks models of different kinds on one validation split (`model="auto"`); empty
-    without a validation set."""
+    `config.val_score` names), plus the per-row sums (`rows`) when the split has at most
+    `ROW_SCORES_MAX` rows. The CRPS is of at least `RANK_SAMPLES` draws (`val_samples` if more).
+
+    `val_score` ranks models of different kinds on one validation split (`model="auto"`): the
+    split hides entries and whole views in its own proportions, while the data may miss only
+    entries, or only views. So its two kinds of hidden entries (`validation_score`) are weighted as
+    the validation rows' own missing entries are (`whole_view_share` of the rows as given, kept as
+    `view_weight`): a model that fills in whole views well is not picked for data that misses
+    single entries. Empty without a validation set."""
     if val is None:
         return {}
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     n_samples = max(config.val_samples, RANK_SAMPLES) if config.val_score == "crps" else 0
     out = validation_score(model, val.to(device), n_samples, per_row=len(val.corrupted) <= ROW_SCORES_MAX)
-    out["val_score"] = out[f"val_{config.val_score}"]
+    out["view_weight"] = whole_view_share(val.truth)
+    out["val_score"] = mix_of_kinds(out, config.val_score, out["view_weight"])
     return out
 
 

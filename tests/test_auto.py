@@ -357,3 +357,49 @@ def test_train_model_auto_runs_the_candidates_and_logs_the_table(ray_session, tm
     assert run.data.params["auto.winner"] == sel["winner"]
     assert {"auto.mean.val_score", "auto.knn.val_score"} <= set(run.data.metrics)
     assert res.model_uri == "models:/mvimpute-auto@champion"
+
+
+# ----------------------------------------------------------------------------- the data's own kinds of missing entries
+
+
+def test_whole_view_share_counts_missing_entries_by_kind():
+    from mvimpute.batch import MultiViewBatch
+    from mvimpute.training import whole_view_share
+
+    a = np.ones((4, 3))
+    b = np.ones((4, 2))
+    a[0, :] = np.nan  # a whole view: 3 entries
+    a[1, 0] = np.nan  # single entries: 1 + 2
+    b[2, 1] = np.nan
+    b[3, :] = np.nan  # a whole view: 2 entries
+    a[3, 2] = np.nan
+    batch = MultiViewBatch.from_arrays({"a": a, "b": b})
+    assert whole_view_share(batch) == pytest.approx(5 / 8)
+    assert whole_view_share(MultiViewBatch.from_arrays({"a": np.ones((3, 2)), "b": np.ones((3, 1))})) is None
+
+
+def test_the_ranking_score_weighs_hidden_views_and_entries_as_the_data_misses_them():
+    """On views whose rows miss only single entries, the score that ranks is the CRPS of the hidden
+    single entries (the split's hidden whole views weigh nothing); on rows that miss only whole
+    views, theirs. Each kind's share of the hidden entries is checked against the split's masks."""
+    from mvimpute.training import final_validation_score, mix_of_kinds
+
+    rng = np.random.default_rng(0)
+    base = linear_views(400).views
+    entries_only = {v: np.where(rng.random(x.shape) < 0.2, np.nan, x) for v, x in base.items()}
+    views_only = {v: x.copy() for v, x in base.items()}
+    views_only["b"][rng.random(400) < 0.3] = np.nan
+    for views, weight in ((entries_only, 0.0), (views_only, 1.0)):
+        imp = mvi.MultiViewImputer("knn", **FAST).fit(MultiViewData(views))
+        val = imp.validation_set_
+        scores = final_validation_score(imp.model_, val, imp.train_config)
+        assert scores["view_weight"] == pytest.approx(weight)
+        assert scores["val_score"] == pytest.approx(scores["val_crps_entries" if weight == 0 else "val_crps_views"])
+        whole = sum(int((h & (val.corrupted.masks[v] == 0).all(1, keepdim=True)).sum()) for v, h in val.hidden.items())
+        assert sum(scores["rows"]["count_views"]) == whole and 0 < whole < sum(scores["rows"]["count"])
+        # the overall CRPS is the kinds' mean weighted by their counts
+        n_views = sum(scores["rows"]["count_views"])
+        n_all = sum(scores["rows"]["count"])
+        mixed = (n_views * scores["val_crps_views"] + (n_all - n_views) * scores["val_crps_entries"]) / n_all
+        assert scores["val_crps"] == pytest.approx(mixed)
+        assert mix_of_kinds(scores, "crps", None) == scores["val_crps"]

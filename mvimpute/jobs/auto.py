@@ -96,7 +96,8 @@ def selection_from_table(table, settings: AutoSettings, metric: str) -> tuple[di
             best = done.loc[done["final_score"].idxmin()]
             best_trials[name] = best["trial_id"]
             row.update(val_score=float(best["final_score"]), trial_id=best["trial_id"], status="ok")
-            row["val_rows"] = _row_scores(best.get("checkpoint"))
+            scores = _final_scores_if_local(best.get("checkpoint"))
+            row.update(val_rows=scores.get("rows"), view_weight=scores.get("view_weight"))
         else:
             row.update(status="failed" if len(sel) else "not run")
         rows.append(row)
@@ -138,15 +139,16 @@ def final_scores(checkpoint) -> dict:
     return dict(read_checkpoint(checkpoint).get("validation") or {})
 
 
-def _row_scores(checkpoint) -> dict | None:
-    """A trial's per-row validation scores from its checkpoint, where this process can read it (a
-    local path); None for a URI or none (its tie then rests on `tie_tolerance` alone)."""
+def _final_scores_if_local(checkpoint) -> dict:
+    """A trial's final validation scores (with the per-row ones) from its checkpoint, where this
+    process can read it (a local path); empty for a URI or none (its tie then rests on
+    `tie_tolerance` alone)."""
     if not isinstance(checkpoint, str) or not checkpoint or "://" in checkpoint:
-        return None
+        return {}
     try:
-        return final_scores(checkpoint).get("rows")
+        return final_scores(checkpoint)
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def log_selection(ref, selection: dict) -> None:

@@ -169,6 +169,7 @@ def run_auto_train(job: TrainJobConfig, echo: bool = True):
             val_crps=scores.get("val_crps", math.nan),
             val_rmse=scores.get("val_rmse", math.nan),
             val_rows=scores.get("rows"),
+            view_weight=scores.get("view_weight"),
             fit_seconds=time.perf_counter() - c0,
             epochs_run=len(result.history),
             best_epoch=result.best_epoch,
