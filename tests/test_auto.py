@@ -183,6 +183,24 @@ def test_one_entry_per_row_reduces_to_the_textbook_standard_error_of_a_mean():
     assert paired_standard_error({"crps": a.tolist(), "count": one}, other, "val_crps") is None
 
 
+def test_the_weighted_standard_error_follows_the_kind_that_counts():
+    """With the whole-view kind weighted 1, differences on single entries do not count, and the
+    other way round: the weights are those of `training.mix_of_kinds`."""
+    from mvimpute.auto import paired_standard_error
+
+    rng = np.random.default_rng(3)
+    n = 40
+    views_a, views_b = rng.random(n), rng.random(n)
+    same_entries = rng.random(n)
+    a = {"crps": (views_a + same_entries).tolist(), "crps_views": views_a.tolist(), "count": [3] * n,
+         "count_views": [2] * n}  # fmt: skip
+    b = {"crps": (views_b + same_entries).tolist(), "crps_views": views_b.tolist(), "count": [3] * n,
+         "count_views": [2] * n}  # fmt: skip
+    assert paired_standard_error(a, b, "val_crps", view_weight=0.0) == pytest.approx(0.0, abs=1e-12)
+    expected = math.sqrt(n * np.var((views_a - views_b) / (2 * n), ddof=1))
+    assert paired_standard_error(a, b, "val_crps", view_weight=1.0) == pytest.approx(expected)
+
+
 def test_a_lead_inside_one_standard_error_goes_to_the_cheaper_model():
     rng = np.random.default_rng(2)
     noise = rng.normal(size=50)
