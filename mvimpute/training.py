@@ -105,15 +105,16 @@ def calibration_sets(val: ValidationSet, hide_frac: float, seed: int) -> list[tu
 
 @torch.no_grad()
 def validation_score(
-    model: ImputationModel, val: ValidationSet, n_samples: int = 0, per_row: bool = False
+    model: ImputationModel, val: ValidationSet, n_samples: int = 0, by_kind: bool = False, per_row: bool = False
 ) -> dict[str, Any]:
     """On the hidden validation entries (scaled space), overall and per view: RMSE of the point
     imputation (`val_rmse`) and, with `n_samples` > 0, the CRPS of that many raw predictive draws
     (`val_crps`, scoringrules' ensemble CRPS, averaged over entries).
 
-    Each hidden entry is of one of two kinds: in a view the corrupted row lacks entirely (`views`)
-    or beside observed entries of its view (`entries`); `val_rmse_views`, `val_rmse_entries` (and
-    `val_crps_*`) score them apart.
+    With `by_kind`, also `kinds`: each hidden entry is of one of two kinds, in a view the corrupted
+    row lacks entirely (`views`) or beside observed entries of its view (`entries`), and
+    `kinds[kind]` holds their `rmse`, `crps` (with draws) and `count`. (Only the final model's score
+    asks for it, or for `rows`: the epochs' scores do not pay for either.)
 
     With `per_row`, also `rows`: per validation row (all views together) the sum of squared errors
     (`sse`), of CRPS (`crps`, with draws) and the number of hidden entries (`count`), and the same
@@ -123,9 +124,10 @@ def validation_score(
     model.eval()
     n = len(val.corrupted)
     sums: dict[str, list[float]] = {v: [0.0, 0, 0.0] for v in val.hidden}  # squared error, entries, CRPS
-    kinds = {k: [0.0, 0, 0.0] for k in ("views", "entries")}
-    row_sse, row_crps, row_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
-    view_sse, view_crps, view_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+    kinds = {k: [0.0, 0, 0.0] for k in ("views", "entries")}  # squared error, entries, CRPS
+    if per_row:
+        row_sse, row_crps, row_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+        view_sse, view_crps, view_cnt = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     for rows in row_chunks(n):  # a chunk of rows at a time: memory flat in the split's size
         corrupted = val.corrupted.select(rows)
         filled = model.impute_mean(corrupted)
@@ -140,16 +142,17 @@ def validation_score(
             if draws is not None and err.numel():
                 crps = sr.crps_ensemble(truth.double().cpu().numpy(), draws[v][:, h].double().cpu().numpy(), m_axis=0)
                 sums[v][2] += float(np.sum(crps))
-            if not err.numel():
+            if not (by_kind or per_row) or not err.numel():
                 continue
             # each hidden entry's kind: its view wholly missing from the corrupted row, or not
             whole = (corrupted.masks[v] == 0).all(1, keepdim=True).expand_as(h)[h].cpu().numpy()
             sq = err.pow(2).double().cpu().numpy()
             c = np.asarray(crps, dtype=np.float64) if crps is not None else np.zeros_like(sq)
-            for kind, sel in (("views", whole), ("entries", ~whole)):
-                kinds[kind][0] += float(sq[sel].sum())
-                kinds[kind][1] += int(sel.sum())
-                kinds[kind][2] += float(c[sel].sum())
+            if by_kind:
+                for kind, sel in (("views", whole), ("entries", ~whole)):
+                    kinds[kind][0] += float(sq[sel].sum())
+                    kinds[kind][1] += int(sel.sum())
+                    kinds[kind][2] += float(c[sel].sum())
             if per_row:
                 # the hidden entries in row-major order: each entry's row, to sum per row
                 row_of = np.nonzero(h.cpu().numpy())[0] + rows.start
@@ -171,11 +174,12 @@ def validation_score(
     out["val_rmse"] = math.sqrt(sse / cnt) if cnt else float("nan")
     if n_samples:
         out["val_crps"] = crps_sum / cnt if cnt else float("nan")
-    for kind, (k_sse, k_cnt, k_crps) in kinds.items():
-        if k_cnt:
-            out[f"val_rmse_{kind}"] = math.sqrt(k_sse / k_cnt)
-            if n_samples:
-                out[f"val_crps_{kind}"] = k_crps / k_cnt
+    if by_kind:  # nested: a view may be named "views" or "entries"
+        out["kinds"] = {
+            kind: {"rmse": math.sqrt(k_sse / k_cnt), "count": k_cnt, **({"crps": k_crps / k_cnt} if n_samples else {})}
+            for kind, (k_sse, k_cnt, k_crps) in kinds.items()
+            if k_cnt
+        }
     if per_row:
         out["rows"] = {"sse": row_sse.tolist(), "count": row_cnt.tolist()}
         out["rows"].update(sse_views=view_sse.tolist(), count_views=view_cnt.tolist())
@@ -200,7 +204,8 @@ def mix_of_kinds(scores: Mapping[str, float], metric: str, weight: float | None)
     """`metric` (`crps` or `rmse`) over the validation's hidden entries with the two kinds weighted
     as the data's own missing entries are (`weight`: the whole-view share), or as hidden where the
     data misses nothing or the split hid one kind only."""
-    views, entries = scores.get(f"val_{metric}_views"), scores.get(f"val_{metric}_entries")
+    kinds = scores.get("kinds") or {}
+    views, entries = (kinds.get(k, {}).get(metric) for k in ("views", "entries"))
     if weight is None or views is None or entries is None:
         return scores[f"val_{metric}"]
     if metric == "rmse":
@@ -228,7 +233,7 @@ def final_validation_score(model: ImputationModel, val: ValidationSet | None, co
 
     `val_score` ranks models of different kinds on one validation split (`model="auto"`): the
     split hides entries and whole views in its own proportions, while the data may miss only
-    entries, or only views. So its two kinds of hidden entries (`validation_score`) are weighted as
+    entries, or only views. So its two kinds of hidden entries (`validation_score`'s `kinds`) are weighted as
     the validation rows' own missing entries are (`whole_view_share` of the rows as given, kept as
     `view_weight`): a model that fills in whole views well is not picked for data that misses
     single entries. Empty without a validation set."""
@@ -236,7 +241,9 @@ def final_validation_score(model: ImputationModel, val: ValidationSet | None, co
         return {}
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     n_samples = max(config.val_samples, RANK_SAMPLES) if config.val_score == "crps" else 0
-    out = validation_score(model, val.to(device), n_samples, per_row=len(val.corrupted) <= ROW_SCORES_MAX)
+    out = validation_score(
+        model, val.to(device), n_samples, by_kind=True, per_row=len(val.corrupted) <= ROW_SCORES_MAX
+    )
     out["view_weight"] = whole_view_share(val.truth)
     out["val_score"] = mix_of_kinds(out, config.val_score, out["view_weight"])
     return out

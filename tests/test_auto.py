@@ -230,6 +230,10 @@ def test_the_validation_row_sums_add_up_to_the_scores_and_auto_keeps_them_out_of
     assert sum(rows["count"]) == hidden and len(rows["count"]) == len(imp.validation_set_.corrupted)
     assert sum(rows["crps"]) / hidden == pytest.approx(scores["val_crps"])
     assert math.sqrt(sum(rows["sse"]) / hidden) == pytest.approx(scores["val_rmse"])
+    from mvimpute.training import validation_score
+
+    per_epoch = validation_score(imp.model_, imp.validation_set_, 10)  # what every epoch computes
+    assert "rows" not in per_epoch and "kinds" not in per_epoch
     auto = mvi.MultiViewImputer("auto", candidates=["mean", "knn"], tie_se=1.0, **FAST).fit(linear_views(200))
     assert auto.selection_["tie_se"] == 1.0
     assert all("val_rows" not in r and "se_vs_best" in r for r in auto.selection_["candidates"])
@@ -412,12 +416,14 @@ def test_the_ranking_score_weighs_hidden_views_and_entries_as_the_data_misses_th
         val = imp.validation_set_
         scores = final_validation_score(imp.model_, val, imp.train_config)
         assert scores["view_weight"] == pytest.approx(weight)
-        assert scores["val_score"] == pytest.approx(scores["val_crps_entries" if weight == 0 else "val_crps_views"])
+        kinds = scores["kinds"]
+        assert scores["val_score"] == pytest.approx(kinds["entries" if weight == 0 else "views"]["crps"])
+        assert kinds["views"]["count"] == sum(scores["rows"]["count_views"])
         whole = sum(int((h & (val.corrupted.masks[v] == 0).all(1, keepdim=True)).sum()) for v, h in val.hidden.items())
         assert sum(scores["rows"]["count_views"]) == whole and 0 < whole < sum(scores["rows"]["count"])
         # the overall CRPS is the kinds' mean weighted by their counts
         n_views = sum(scores["rows"]["count_views"])
         n_all = sum(scores["rows"]["count"])
-        mixed = (n_views * scores["val_crps_views"] + (n_all - n_views) * scores["val_crps_entries"]) / n_all
+        mixed = (n_views * kinds["views"]["crps"] + (n_all - n_views) * kinds["entries"]["crps"]) / n_all
         assert scores["val_crps"] == pytest.approx(mixed)
         assert mix_of_kinds(scores, "crps", None) == scores["val_crps"]
