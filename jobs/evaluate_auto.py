@@ -54,15 +54,12 @@ def auto_label(params: list[str]) -> str:
 
 
 def auto_settings(params: list[str]) -> dict:
-    import yaml
+    from mvimpute.config import parse_override
 
-    out = {}
-    for item in params:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--auto-param takes KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    try:
+        return {".".join(path): value for path, value in map(parse_override, params)}
+    except ValueError as err:
+        raise SystemExit(f"--auto-param: {err}") from None
 
 
 def _items(text: str, cast=str) -> list:

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from mvimpute.config import load_job_config
+from mvimpute.config import load_job_config, parse_override
 from mvimpute.imputer import MultiViewImputer
 from mvimpute.scoring import score
 
@@ -55,10 +54,8 @@ def config_params(config: str) -> tuple[str, dict, int]:
         base, _, items = config.partition(":")
         model, params, batch_size = config_params(base)
         for item in filter(None, items.split(",")):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"{config!r}: {item!r} is not key=value")
-            params[key] = yaml.safe_load(value)
+            path, value = parse_override(item)
+            params[".".join(path)] = value
         return model, params, int(params.get("batch_size", batch_size))
 
     fixed = dict(val_frac=0.0, patience=None, calibrate=False, progress=False)  # a fixed budget, final weights
