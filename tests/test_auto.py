@@ -427,3 +427,30 @@ def test_the_ranking_score_weighs_hidden_views_and_entries_as_the_data_misses_th
         mixed = (n_views * kinds["views"]["crps"] + (n_all - n_views) * kinds["entries"]["crps"]) / n_all
         assert scores["val_crps"] == pytest.approx(mixed)
         assert mix_of_kinds(scores, "crps", None) == scores["val_crps"]
+
+
+def test_the_auto_grid_table_against_a_hand_computed_cell(tmp_path):
+    """`jobs/evaluate_auto.py --table` (docs/auto.md's tables): auto's RMSE and CRPS over the best
+    candidate's, the targets counted, rows of another auto setting kept apart by their label."""
+    import json
+
+    from jobs import evaluate_auto
+
+    cell = {"data": "d", "n": 40, "mechanism": "mcar", "rate": 0.2}
+    rows = [
+        {**cell, "seed": s, "method": m, "rmse": r, "crps": c, "coverage_90": 0.9, "fit_seconds": f, "cpu_seconds": f}
+        for s in (0, 1)
+        for m, r, c, f in (("mean", 2.0, 1.0, 1.0), ("knn", 1.0, 0.5, 1.0), ("mice", 1.2, 0.4, 2.0),
+                           ("auto", 1.1 + 0.1 * s, 0.42, 3.0), ("auto:tie_se=1", 2.0, 1.0, 1.0))
+    ]  # fmt: skip
+    for r in rows:
+        if r["method"].startswith("auto"):
+            r["winner"] = "knn"
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = evaluate_auto.summary(path)
+    # auto: RMSE 1.15 over KNN's 1.0, CRPS 0.42 over MICE's 0.4, CPU 3 over 1 + 1 + 2
+    assert "| 1.150 (knn 1) | 1.050 (mice 0.4) | 0.900 |" in table and "| 0.75 |" in table
+    assert "RMSE ≤ 1.02× best in 0, CRPS ≤ 1.02× best in 0, coverage in 0.87–0.93 in 1" in table
+    other = evaluate_auto.summary(path, label=evaluate_auto.auto_label(["tie_se=1"]))
+    assert "| 2.000 (knn 1) |" in other and "not worse than the column mean (RMSE and CRPS) in 1" in other

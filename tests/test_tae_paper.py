@@ -1,5 +1,6 @@
 """`jobs/tae_paper.yaml`: TAE with its paper's settings (Tonolini et al., ICLR 2021, App. B–C; the table
-in docs/tae.md). Loading it gives exactly those values, and the model it names builds and trains."""
+in docs/tae.md). Loading it gives exactly those values, and the model it names builds and trains; the
+budget curve's named variants of it (`jobs/tae_budget.py`)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,18 @@ def test_tae_paper_builds_and_takes_a_training_step():
     assert imp.train_config.batch_size == BATCH and imp.train_config.lr == PAPER_TRAIN["lr"]
     draws = imp.sample(views, n_samples=3)
     assert draws["a"].shape == (3, n, 6) and np.isfinite(draws["a"]).all()
+
+
+def test_the_budget_curves_named_variants_change_only_what_they_name(monkeypatch):
+    """`jobs/tae_budget.py`'s `name:key=value,...` configurations (docs/tae.md's probes): the named
+    settings replaced, YAML-typed, everything else as the base configuration; a bad item is an error."""
+    monkeypatch.syspath_prepend(str(CONFIG.parent))  # the script imports its neighbours as it runs
+    from jobs import tae_budget
+
+    model, base, batch = tae_budget.config_params("tae")
+    named = "tae:latent_logvar_cap=2,C=0,posterior_conditions_on_mask=true"
+    v_model, variant, v_batch = tae_budget.config_params(named)
+    assert (v_model, v_batch) == (model, batch)
+    assert variant == {**base, "latent_logvar_cap": 2, "C": 0, "posterior_conditions_on_mask": True}
+    with pytest.raises(ValueError, match="key.path=value"):
+        tae_budget.config_params("tae:latent_logvar_cap")
