@@ -10,7 +10,8 @@ RMSE of `transform` (and its ratio to the column mean's RMSE), and the 90 % cove
 A method is a name with options, `name[:key=value[:key=value]]`: `jpvae` with any `MultiViewImputer`
 keyword (`jpvae:val_score=rmse`, `jpvae:epochs=30`) or `likelihood=` for both views
 (`jpvae:likelihood=bernoulli`); `mean`, `knn` (k = 10) and `mice` (`IterativeImputer`, 10 rounds,
-10 draws). JPVAE runs with `prior="orthogonal"`, `alpha=0.95` and `seed` unless given.
+10 draws); `mvi-mean`, `mvi-knn`, `mvi-mice`: the project's classic models (`MultiViewImputer`, with
+their calibrated draws, so coverage and CRPS are scored too). JPVAE runs with `prior="orthogonal"`, `alpha=0.95` and `seed` unless given.
 
 `--diagnose` scores, on each fitted JPVAE, the point imputation computed several ways from the
 same weights (the draws do not change): the decoders' means averaged over 128 shared latent draws
@@ -67,6 +68,8 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
 
 def build(name: str, opts: dict, seed: int):
+    if name.startswith("mvi-"):  # a registered classic model through the API: calibrated draws too
+        return mvi.MultiViewImputer(name.removeprefix("mvi-"), seed=seed, progress=False, **opts)
     if name == "mean":
         return mean_imputer()
     if name == "knn":
