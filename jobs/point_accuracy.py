@@ -11,7 +11,8 @@ A method is a name with options, `name[:key=value[:key=value]]`: `jpvae` with an
 keyword (`jpvae:val_score=rmse`, `jpvae:epochs=30`) or `likelihood=` for both views
 (`jpvae:likelihood=bernoulli`); `mean`, `knn` (k = 10) and `mice` (`IterativeImputer`, 10 rounds,
 10 draws); `mvi-mean`, `mvi-knn`, `mvi-mice`: the project's classic models (`MultiViewImputer`, with
-their calibrated draws, so coverage and CRPS are scored too). JPVAE runs with `prior="orthogonal"`, `alpha=0.95` and `seed` unless given.
+their calibrated draws, so coverage and CRPS are scored too). JPVAE runs with `prior="orthogonal"`,
+`alpha=0.95` and `seed` unless given.
 
 `--diagnose` scores, on each fitted JPVAE, the point imputation computed several ways from the
 same weights (the draws do not change): the decoders' means averaged over 128 shared latent draws
