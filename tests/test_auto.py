@@ -333,6 +333,28 @@ def _job(root, name: str, candidates) -> tuple[dict, str]:
     return config, f"sqlite:///{root / 'mlflow.db'}"
 
 
+def test_an_auto_sweep_runs_as_many_trials_at_once_as_its_candidates_and_the_cluster_allow(tmp_path):
+    """`num_samples` is per candidate with a space: an auto sweep at `num_samples=1` still has a trial
+    per candidate, and two workers' CPUs run two of them at once (not one, as `num_samples` said)."""
+    from mvimpute.config import TuneJobConfig, load_job_config
+    from mvimpute.engine.resources import plan_sweep_resources
+    from mvimpute.jobs.auto import candidate_space
+    from mvimpute.jobs.tune import trial_count
+
+    config, _ = _job(tmp_path, "count", {"mean": {}, "knn": {}, "jpvae": {}})
+    for samples, trials in ((1, 3), (3, 5)):
+        config["tune"]["num_samples"] = samples
+        job = load_job_config(config, kind=TuneJobConfig)
+        n = trial_count(job, candidate_space(job, samples))
+        assert n == trials  # mean and knn have no space: one trial each; jpvae's space `samples`
+        assert plan_sweep_resources(1, None, n, {"CPU": 3.0})[2] == 2  # head's CPU for Ray Data, two trials
+        assert plan_sweep_resources(1, None, n, {"CPU": 2.0})[2] == 1
+    config["model"], config["tune"]["num_samples"] = "jpvae", 4
+    del config["model_params"]
+    job = load_job_config(config, kind=TuneJobConfig)
+    assert trial_count(job, None) == 4
+
+
 @pytest.mark.slow
 def test_tune_model_auto_runs_each_candidate_as_a_trial_and_registers_the_winner(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient

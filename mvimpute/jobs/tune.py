@@ -96,6 +96,13 @@ def _settings(job: TuneJobConfig, request, space: SearchSpace, name: str, concur
     )
 
 
+def trial_count(job: TuneJobConfig, space) -> int:
+    """How many trials the sweep runs, which bounds how many run at once: `num_samples`, or for
+    model="auto" every candidate's trials (`num_samples` per model with a space, one per model without),
+    so that a cluster runs the candidates side by side even at `num_samples=1`."""
+    return space.n_trials if job.model == AUTO else job.tune.num_samples
+
+
 def _resolve_runner(job: TuneJobConfig) -> None:
     """`tune.runner=auto`: local for one worker per trial, else train — resolved once and saved, so a
     resumed sweep keeps it."""
@@ -173,7 +180,7 @@ def tune_main(
     sweep_name = job.tune.name or (state or {}).get("name") or f"{job.model}-sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
     trial_res, worker_res, concurrency = plan_sweep_resources(
-        job.cluster.num_workers, job.tune.max_concurrent_trials, job.tune.num_samples, start_ray(),
+        job.cluster.num_workers, job.tune.max_concurrent_trials, trial_count(job, sp), start_ray(),
         job.cluster.use_gpu, job.cluster.wait_for_resources,
     )  # fmt: skip
     if job.tune.runner == "local":  # the trial's process is the worker: it holds the worker's resources
