@@ -22,6 +22,7 @@ Serving and batch imputation (loopback only, bounded request counts; docs/servin
     python jobs/bench.py serve-load --users 16 --requests 2000
     python jobs/bench.py serve-monitoring --repeats 4 --requests 1000  # on an idle machine
     python jobs/bench.py batch-throughput --rows 50000 --repeats 3
+    python jobs/bench.py auto-cost --epochs 100 --repeats 3
 """
 
 from __future__ import annotations
@@ -165,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--repeats", type=int, default=3)
     cb.add_argument("--batch-size", type=int, default=4096)
     cb.add_argument("--out", default="outputs/bench")
+    ac = sub.add_parser("auto-cost", help="model=auto: its candidates' fits vs auto in-process vs tune on 2 workers")
+    ac.add_argument("--epochs", type=int, default=100)
+    ac.add_argument("--repeats", type=int, default=3)
+    ac.add_argument("--data", default="digits-halves")
+    ac.add_argument("--out", default="outputs/bench")
     dm = sub.add_parser("batch-driver-memory", help="the batch driver's peak RSS as the rows grow (bucket to bucket)")
     dm.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     dm.add_argument("--batch-size", type=int, default=4096)
@@ -177,11 +183,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench == "cli-startup":
         cli_startup(args.repeats)
         return
-    if args.bench in ("cluster-train", "cluster-batch", "batch-driver-memory"):
+    if args.bench in ("cluster-train", "cluster-batch", "batch-driver-memory", "auto-cost"):
         import bench_cluster as bc  # beside this file
 
         if args.bench == "cluster-train":
             bc.cluster_train(args.rows, args.epochs, args.repeats, args.out)
+        elif args.bench == "auto-cost":
+            bc.auto_cost(args.epochs, args.repeats, args.data, args.out)
         elif args.bench == "cluster-batch":
             bc.cluster_batch(args.rows, args.repeats, args.batch_size, args.out)
         else:

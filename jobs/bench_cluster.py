@@ -318,3 +318,94 @@ def batch_driver_memory(sizes=(100_000, 1_000_000), batch_size: int = 4096, out:
     ) + f"\n\ndriver peak, largest ÷ smallest: {growth:.2f}×"
     _write(out, "batch_driver_memory", result, table)
     return result
+
+
+def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", out: str = "outputs/bench") -> dict:
+    """`model="auto"`'s cost three ways, alternated `repeats` times on the same data and settings: each
+    default candidate fitted alone in-process (their sum), `MultiViewImputer("auto")` in-process, and
+    `tune --model auto` (`num_samples=1`, no MLflow) on a local cluster of a head and two 1-CPU nodes,
+    where two trials run at once. In-process fits use one torch thread, as each trial's process does
+    (Ray sets OMP_NUM_THREADS to its 1 CPU). Fixed epochs (no early stopping), so JPVAE's trial does the
+    same number of steps whatever learning rate its space samples. Wall seconds; the sweep's from
+    `tune_main`'s call (the cluster already up) to its return, the champion's checkpoint written."""
+    import os
+
+    import torch
+
+    import mvimpute as mvi
+    from mvimpute.auto import DEFAULT_CANDIDATES
+    from mvimpute.jobs.tune import tune_main
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    dataset = mvi.load_dataset(data)
+    train = {"epochs": epochs, "patience": None, "seed": 0}
+    root = Path(tempfile.mkdtemp(prefix="bench-auto-"))
+    runs: dict[str, list] = {"sum of candidates": [], "auto in-process": [], "tune on two workers": []}
+    per_candidate: dict[str, list[float]] = {m: [] for m in DEFAULT_CANDIDATES}
+    picks: dict[str, list[str]] = {"auto in-process": [], "tune on two workers": []}
+    loads: list[float] = []
+    with local_cluster(trainer_nodes=2):
+        for r in range(repeats):
+            loads.append(os.getloadavg()[0])
+            order = ["candidates", "auto", "tune"]
+            order = order[r % 3 :] + order[: r % 3]  # the first place rotates
+            for what in order:
+                if what == "candidates":
+                    total = 0.0
+                    for name, params in DEFAULT_CANDIDATES.items():
+                        s = time.perf_counter()
+                        mvi.MultiViewImputer(name, **params, **train).fit(dataset)
+                        per_candidate[name].append(time.perf_counter() - s)
+                        total += per_candidate[name][-1]
+                    runs["sum of candidates"].append(total)
+                elif what == "auto":
+                    s = time.perf_counter()
+                    imp = mvi.MultiViewImputer("auto", **train).fit(dataset)
+                    runs["auto in-process"].append(time.perf_counter() - s)
+                    picks["auto in-process"].append(imp.model_name)
+                else:
+                    s = time.perf_counter()
+                    res = tune_main(
+                        {
+                            "data": data,
+                            "model": "auto",
+                            "train": train,
+                            "cluster": {"storage_path": str(root / "ray")},
+                            "mlflow": {"enabled": False},
+                            "tune": {"num_samples": 1, "scheduler": "fifo", "name": f"auto-cost-{r}"},
+                        },
+                        echo=False,
+                    )
+                    runs["tune on two workers"].append(time.perf_counter() - s)
+                    champion = res.table[res.table["champion"]]
+                    won = str(champion["candidate.model"].iloc[0]) if len(champion) else ""
+                    picks["tune on two workers"].append(won)
+                print(f"repeat {r}: {what} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    base = runs["sum of candidates"]
+    ratios = {k: [a / b for a, b in zip(v, base, strict=True)] for k, v in runs.items() if k != "sum of candidates"}
+    result = {
+        "bench": "auto-cost", "data": data, "epochs": epochs, "repeats": repeats,
+        "seconds": {k: _spread(v) for k, v in runs.items()},
+        "candidate_seconds": {k: _spread(v) for k, v in per_candidate.items()},
+        "over_sum": {k: _spread(v) for k, v in ratios.items()},
+        "picks": picks, "load_average_1m": loads, "wall_s": time.perf_counter() - t0,
+    }  # fmt: skip
+    s = result["seconds"]
+    table = (
+        "| run | wall s, median (min–max) | ÷ sum of candidates, median (min–max) |\n|---|---|---|\n"
+        + "\n".join(
+            f"| {k} | {v['median']:.1f} ({v['min']:.1f}–{v['max']:.1f}) | "
+            + ("1" if k == "sum of candidates" else
+               f"{statistics.median(ratios[k]):.2f} ({min(ratios[k]):.2f}–{max(ratios[k]):.2f})")
+            + " |"
+            for k, v in s.items()
+        )
+        + "\n\n| candidate alone | wall s, median (min–max) |\n|---|---|\n"
+        + "\n".join(
+            f"| {k} | {v['median']:.1f} ({v['min']:.1f}–{v['max']:.1f}) |"
+            for k, v in result["candidate_seconds"].items()
+        )
+    )  # fmt: skip
+    _write(out, "auto_cost", result, table)
+    return result
