@@ -326,8 +326,10 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
     `tune --model auto` (`num_samples=1`, no MLflow) on a local cluster of a head and two 1-CPU nodes,
     where two trials run at once. In-process fits use one torch thread, as each trial's process does
     (Ray sets OMP_NUM_THREADS to its 1 CPU). Fixed epochs (no early stopping), so JPVAE's trial does the
-    same number of steps whatever learning rate its space samples. Wall seconds; the sweep's from
-    `tune_main`'s call (the cluster already up) to its return, the champion's checkpoint written."""
+    same number of steps whatever learning rate its space samples, and JPVAE's model parameters pinned to
+    its defaults (a candidate's own parameters are fixed over its space), so that every route fits the
+    same models. Wall seconds; the sweep's from `tune_main`'s call (the cluster already up) to its
+    return, the champion's checkpoint written."""
     import os
 
     import torch
@@ -335,15 +337,21 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
     import mvimpute as mvi
     from mvimpute.auto import DEFAULT_CANDIDATES
     from mvimpute.jobs.tune import tune_main
+    from mvimpute.models.jpvae import JPVAEConfig
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     dataset = mvi.load_dataset(data)
+    jp = JPVAEConfig()
+    pinned = {"alpha": jp.alpha, "prior": "orthogonal" if len(dataset.view_names) == 2 else "cholesky",
+              "latent_dim": jp.latent_dim, "kl_cycles": jp.kl_cycles}  # fmt: skip
+    candidates = {**DEFAULT_CANDIDATES, "jpvae": {**DEFAULT_CANDIDATES["jpvae"], **pinned}}
     train = {"epochs": epochs, "patience": None, "seed": 0}
     root = Path(tempfile.mkdtemp(prefix="bench-auto-"))
     runs: dict[str, list] = {"sum of candidates": [], "auto in-process": [], "tune on two workers": []}
-    per_candidate: dict[str, list[float]] = {m: [] for m in DEFAULT_CANDIDATES}
+    per_candidate: dict[str, list[float]] = {m: [] for m in candidates}
     picks: dict[str, list[str]] = {"auto in-process": [], "tune on two workers": []}
+    trial_seconds: dict[str, list[float]] = {}  # each candidate's trial, Tune's time_total_s
     loads: list[float] = []
     with local_cluster(trainer_nodes=2):
         for r in range(repeats):
@@ -353,15 +361,15 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
             for what in order:
                 if what == "candidates":
                     total = 0.0
-                    for name, params in DEFAULT_CANDIDATES.items():
+                    for name, params in candidates.items():
                         s = time.perf_counter()
-                        mvi.MultiViewImputer(name, **params, **train).fit(dataset)
+                        mvi.MultiViewImputer(name, **params, **train, progress=False).fit(dataset)
                         per_candidate[name].append(time.perf_counter() - s)
                         total += per_candidate[name][-1]
                     runs["sum of candidates"].append(total)
                 elif what == "auto":
                     s = time.perf_counter()
-                    imp = mvi.MultiViewImputer("auto", **train).fit(dataset)
+                    imp = mvi.MultiViewImputer("auto", candidates=candidates, **train, progress=False).fit(dataset)
                     runs["auto in-process"].append(time.perf_counter() - s)
                     picks["auto in-process"].append(imp.model_name)
                 else:
@@ -370,6 +378,7 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
                         {
                             "data": data,
                             "model": "auto",
+                            "model_params": {"candidates": candidates},
                             "train": train,
                             "cluster": {"storage_path": str(root / "ray")},
                             "mlflow": {"enabled": False},
@@ -381,6 +390,10 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
                     champion = res.table[res.table["champion"]]
                     won = str(champion["candidate.model"].iloc[0]) if len(champion) else ""
                     picks["tune on two workers"].append(won)
+                    times = res.result_grid.get_dataframe()[["trial_id", "time_total_s"]]
+                    models = dict(zip(res.table["trial_id"], res.table["candidate.model"], strict=True))
+                    for tid, sec in zip(times["trial_id"], times["time_total_s"], strict=True):
+                        trial_seconds.setdefault(models[tid], []).append(float(sec))
                 print(f"repeat {r}: {what} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     base = runs["sum of candidates"]
     ratios = {k: [a / b for a, b in zip(v, base, strict=True)] for k, v in runs.items() if k != "sum of candidates"}
@@ -388,8 +401,9 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
         "bench": "auto-cost", "data": data, "epochs": epochs, "repeats": repeats,
         "seconds": {k: _spread(v) for k, v in runs.items()},
         "candidate_seconds": {k: _spread(v) for k, v in per_candidate.items()},
+        "trial_seconds": {k: _spread(v) for k, v in trial_seconds.items()},
         "over_sum": {k: _spread(v) for k, v in ratios.items()},
-        "picks": picks, "load_average_1m": loads, "wall_s": time.perf_counter() - t0,
+        "candidates": candidates, "picks": picks, "load_average_1m": loads, "wall_s": time.perf_counter() - t0,
     }  # fmt: skip
     s = result["seconds"]
     table = (
@@ -401,9 +415,13 @@ def auto_cost(epochs: int = 100, repeats: int = 3, data: str = "digits-halves", 
             + " |"
             for k, v in s.items()
         )
-        + "\n\n| candidate alone | wall s, median (min–max) |\n|---|---|\n"
+        + "\n\n| candidate | alone in-process, wall s | its trial in the sweep, s |\n|---|---|---|\n"
         + "\n".join(
-            f"| {k} | {v['median']:.1f} ({v['min']:.1f}–{v['max']:.1f}) |"
+            f"| {k} | {v['median']:.1f} ({v['min']:.1f}–{v['max']:.1f}) | "
+            + (lambda t: f"{t['median']:.1f} ({t['min']:.1f}–{t['max']:.1f})" if t else "–")(
+                result["trial_seconds"].get(k)
+            )
+            + " |"
             for k, v in result["candidate_seconds"].items()
         )
     )  # fmt: skip

@@ -7,6 +7,7 @@ public API with that seed, scored two ways on the test rows: half of them losing
 100 calibrated draws (`mvimpute.scoring.score`).
 
     OMP_NUM_THREADS=1 python jobs/jpvae_alpha.py --alphas 0.95 0.999 --seeds 0 1
+    OMP_NUM_THREADS=1 python jobs/jpvae_alpha.py --alphas 0.99 --params latent_dim=32 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--n-samples", type=int, default=1500, help="rows of the synthetic data")
     p.add_argument("--draws", type=int, default=100, help="draws for CRPS and coverage")
+    p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE", help="more JPVAE parameters, for every α")
     return p
 
 
@@ -32,20 +34,24 @@ def main(argv: list[str] | None = None) -> None:
 
     import mvimpute as mvi
     from mvimpute import masking
+    from mvimpute.config import parse_override
     from mvimpute.data.datasets import synthetic_omics
     from mvimpute.scoring import score
 
     torch.set_num_threads(1)
+    params = {".".join(key): value for key, value in map(parse_override, args.params)}
+    label = "".join(f" {k}={v}" for k, v in params.items())
     for seed in args.seeds:
         train, test = synthetic_omics(n_samples=args.n_samples, dims=(60, 40), seed=seed).split(0.2, seed)
         hidden = {name: masking.corrupt(test, seed=seed + 3, **kw).data for name, kw in HIDINGS.items()}
         for alpha in args.alphas:
             t0 = time.perf_counter()
-            imp = mvi.MultiViewImputer("jpvae", alpha=alpha, seed=seed, progress=False, device="cpu").fit(train)
+            imp = mvi.MultiViewImputer("jpvae", alpha=alpha, **params, seed=seed, progress=False, device="cpu")
+            imp.fit(train)
             for name, corrupted in hidden.items():
                 s = score(imp, test, corrupted, n_samples=args.draws, eval_elbo_steps=0)
                 print(
-                    f"seed {seed} {name} alpha {alpha:g}: rmse {s['rmse']:.4f} crps {s['crps']:.4f} "
+                    f"seed {seed} {name} alpha {alpha:g}{label}: rmse {s['rmse']:.4f} crps {s['crps']:.4f} "
                     f"cov90 {s['coverage_90']:.3f} best epoch {imp.best_epoch_} "
                     f"({time.perf_counter() - t0:.0f} s)",
                     flush=True,
