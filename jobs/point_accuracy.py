@@ -12,7 +12,8 @@ keyword (`jpvae:val_score=rmse`, `jpvae:epochs=30`) or `likelihood=` for both vi
 (`jpvae:likelihood=bernoulli`); `mean`, `knn` (k = 10) and `mice` (`IterativeImputer`, 10 rounds,
 10 draws); `mvi-mean`, `mvi-knn`, `mvi-mice`: the project's classic models (`MultiViewImputer`, with
 their calibrated draws, so coverage and CRPS are scored too). JPVAE runs with `prior="orthogonal"`,
-`alpha=0.95` and `seed` unless given.
+its defaults and `seed` unless given (the defaults before α = 0.99 and 32 latents:
+`jpvae:alpha=0.95:latent_dim=20`).
 
 `--diagnose` scores, on each fitted JPVAE, the point imputation computed several ways from the
 same weights (the draws do not change): the decoders' means averaged over 128 shared latent draws
@@ -48,7 +49,7 @@ from mvimpute.data.multiview import MultiViewData
 from mvimpute.models import likelihoods as lk
 from mvimpute.models.jpvae import gaussian_conditional
 
-JPVAE_DEFAULTS = {"prior": "orthogonal", "alpha": 0.95, "progress": False}
+JPVAE_DEFAULTS = {"prior": "orthogonal", "progress": False}
 
 
 def half_split(seed: int) -> tuple[MultiViewData, MultiViewData, MultiViewData]:

@@ -43,7 +43,7 @@ def test_a_sampled_alpha_reaches_the_model_config_validated_once(monkeypatch):
     request = make_request("jpvae", {"latent_dim": 3, "hidden": [8]}, {"epochs": 2})
     assert count.n == 1
     trial = request.with_values({"alpha": 0.7})
-    assert count.n == 2 and trial.model_config.alpha == 0.7 and request.model_config.alpha == 0.95
+    assert count.n == 2 and trial.model_config.alpha == 0.7 and request.model_config.alpha == jpvae.JPVAEConfig.alpha
     travelled = pickle.loads(pickle.dumps(trial))  # what Ray does to it on its way to a worker
     data = mvi.load_dataset("synthetic-omics", n_samples=50, dims=(6, 4))
     model = travelled.build_model(view_infos(ViewSchema.fit(data)))

@@ -29,10 +29,15 @@ CONDITIONALS = ("empirical", "prior")
 
 @dataclass
 class JPVAEConfig:
-    latent_dim: int = 20
+    # 32 latents per view and α = 0.99 (the paper: 20 and 0.95). On digits-halves with one half of
+    # each test row hidden the point imputation went from 0.766 to 0.729 × the column mean's RMSE,
+    # grid A from 0.221 to 0.208, CRPS down 5-6 %, coverage kept; on two-view synthetic-omics both
+    # whole views and single entries improved (docs/jpvae.md, "Still short of 0.72"). α acts only on
+    # two views (the orthogonal prior); below 1,000 samples the small-data rule sets the latent size.
+    latent_dim: int = 32
     hidden: tuple[int, ...] = (512, 512)
     prior: str = "auto"  # "orthogonal" for two views, "cholesky" for more
-    alpha: float = 0.95
+    alpha: float = 0.99
     conditional: str = "empirical"
     kl_cycles: int = 4
     kl_weight: float = 1.0
