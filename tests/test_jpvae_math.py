@@ -300,3 +300,62 @@ def test_point_imputation_of_an_older_checkpoint_is_the_plug_in_with_its_sigma()
         + s * (expected.log_prob(lo).exp() - expected.log_prob(hi).exp())
     )
     np.testing.assert_allclose(again.impute_mean(batch)["b"].numpy(), mean.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the cross-view term
+
+
+def test_cross_reconstruction_decodes_each_view_from_the_prior_conditional_of_the_other(monkeypatch):
+    # Reference in numpy: linear encoders and decoders on two Gaussian views (decoder scale 0.5), the
+    # latent draws set to the encoder means (randn → 0). For a row observing both views, view b is
+    # decoded from E[z_b | z_a] = C z_a and view a from E[z_a | z_b] = Cᵀ z_b (C the orthogonal
+    # prior's cross block), scored on the observed entries only; a row missing a view adds nothing.
+    from mvimpute.batch import MultiViewBatch
+    from mvimpute.models.base import ViewInfo, build_model
+
+    torch.manual_seed(0)
+    d, k = 3, 2
+    infos = [ViewInfo(v, d, "gaussian") for v in ("a", "b")]
+    model = build_model("jpvae", infos, latent_dim=k, hidden=(), alpha=0.8, cross_weight=0.7).double()
+    with torch.no_grad():
+        for dec in model.decoders.values():
+            dec[0].weight[d:].zero_()
+            dec[0].bias[d:].fill_(np.log(0.25))
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, d))
+    b = rng.normal(size=(3, d))
+    b[0, 1] = np.nan  # row 0: both views, one entry of b missing
+    b[1] = np.nan  # row 1: view b missing
+    a[2] = np.nan  # row 2: view a missing
+    batch = MultiViewBatch.from_arrays({"a": a, "b": b}, dtype=torch.float64)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    with torch.no_grad():
+        mus, logvars = model.encode(batch)
+        got = model.cross_reconstruction(batch, mus, logvars, model.observed_views(batch)).numpy()
+        c = model.prior.cross().numpy()
+    mu_a, mu_b = (m.numpy() for m in mus)
+
+    def nll(view, z, y):
+        w = model.decoders[view][0].weight.detach().numpy()[:d]
+        bias = model.decoders[view][0].bias.detach().numpy()[:d]
+        loc = z @ w.T + bias
+        var = np.exp(-9 + np.log1p(np.exp(np.log(0.25) + 9)))  # 0.25 through the likelihoods' soft floor at e⁻⁹
+        per = 0.5 * np.log(2 * np.pi * var) + (y - loc) ** 2 / (2 * var)
+        return np.nansum(per, axis=-1)  # observed entries only
+
+    ref0 = nll("b", mu_a[0] @ c.T, b[0]) + nll("a", mu_b[0] @ c, a[0])
+    np.testing.assert_allclose(got, [ref0, 0.0, 0.0], rtol=1e-10, atol=1e-10)
+
+    # the loss adds cross_weight × this term to the reconstruction (the same weights, no draws)
+    with torch.no_grad():
+        with_term = model.loss(batch).loss.item()
+        model.config.cross_weight = 0.0
+        without = model.loss(batch).loss.item()
+    assert with_term - without == pytest.approx(0.7 * ref0 / 3, rel=1e-9)
+
+
+def test_cross_weight_must_be_a_non_negative_number():
+    from mvimpute.models.jpvae import JPVAEConfig
+
+    with pytest.raises(ValueError, match="cross_weight"):
+        JPVAEConfig(cross_weight=-0.5)

@@ -46,6 +46,8 @@ class JPVAEConfig:
     # Σ̂'s cross-view blocks × (1 − λ): a number λ in [0, 1], or "auto" (estimated; see after_fit).
     # 0 by default; the small-data rule (models/defaults.py) sets "auto" below 1,000 samples.
     cross_shrinkage: float | str = 0.0
+    # weight of the cross-view reconstruction term (not in the paper; 0: the paper's objective)
+    cross_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prior not in PRIORS:
@@ -58,6 +60,8 @@ class JPVAEConfig:
             raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
         if self.kl_cycles < 0:
             raise ValueError(f"kl_cycles must be ≥ 0, got {self.kl_cycles}")
+        if not 0 <= self.cross_weight < math.inf:
+            raise ValueError(f"cross_weight must be a number ≥ 0, got {self.cross_weight}")
         if self.cross_shrinkage != "auto":
             bad = ValueError(f"cross_shrinkage must be 'auto' or lie in [0, 1], got {self.cross_shrinkage!r}")
             try:
@@ -443,11 +447,34 @@ class JPVAE(ImputationModel):
             ll = (lk.log_prob(info.likelihood, raw, batch.values[info.name]) * batch.masks[info.name]).sum(-1)
             rec = rec - ll
             comps[f"rec_{info.name}"] = float(-ll.detach().mean())
+        if self.config.cross_weight > 0 and self.prior.kind != "independent":
+            cross = self.cross_reconstruction(batch, mus, logvars, observed)
+            rec = rec + self.config.cross_weight * cross
+            comps["cross"] = float(cross.detach().mean())
         kl = self.prior.kl(mus, logvars, observed)
         beta = self.config.kl_weight * cyclical_kl_weight(progress, self.config.kl_cycles)
         total = (rec + beta * kl).mean()
         comps.update(rec=float(rec.detach().mean()), kl=float(kl.detach().mean()), beta_kl=beta)
         return LossOutput(total, comps)
+
+    def cross_reconstruction(self, batch, mus, logvars, observed) -> torch.Tensor:
+        """Per row, the negative log-likelihood of each observed view decoded from the prior's
+        conditional mean given a draw of each other observed view's latent: E[z_v | z_u] = Σ_vu z_u
+        (Σ_uu = I). Not in the paper: it trains the decoders on what a whole missing view is imputed
+        from, a latent predicted from another view."""
+        sigma = self.prior.covariance()
+        out = torch.zeros(len(batch), device=mus[0].device)
+        draws = [mu + torch.randn_like(mu) * torch.exp(0.5 * lv) for mu, lv in zip(mus, logvars, strict=True)]
+        for v, info in enumerate(self.view_infos):
+            for u in range(len(self.view_infos)):
+                if u == v:
+                    continue
+                both = (observed[:, u] & observed[:, v]).to(out.dtype)
+                block = sigma[self.prior.indices([v])][:, self.prior.indices([u])]
+                raw = self.decode(info.name, draws[u] @ block.T)
+                ll = (lk.log_prob(info.likelihood, raw, batch.values[info.name]) * batch.masks[info.name]).sum(-1)
+                out = out - both * ll
+        return out
 
     @torch.no_grad()
     def after_fit(self, batches) -> None:
