@@ -307,7 +307,7 @@ def test_point_imputation_of_an_older_checkpoint_is_the_plug_in_with_its_sigma()
 
 def test_cross_reconstruction_decodes_each_view_from_the_prior_conditional_of_the_other(monkeypatch):
     # Reference in numpy: linear encoders and decoders on two Gaussian views (decoder scale 0.5), the
-    # latent draws set to the encoder means (randn → 0). For a row observing both views, view b is
+    # latent draws the encoder means. For a row observing both views, view b is
     # decoded from E[z_b | z_a] = C z_a and view a from E[z_a | z_b] = Cᵀ z_b (C the orthogonal
     # prior's cross block), scored on the observed entries only; a row missing a view adds nothing.
     from mvimpute.batch import MultiViewBatch
@@ -328,10 +328,9 @@ def test_cross_reconstruction_decodes_each_view_from_the_prior_conditional_of_th
     b[1] = np.nan  # row 1: view b missing
     a[2] = np.nan  # row 2: view a missing
     batch = MultiViewBatch.from_arrays({"a": a, "b": b}, dtype=torch.float64)
-    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
     with torch.no_grad():
-        mus, logvars = model.encode(batch)
-        got = model.cross_reconstruction(batch, mus, logvars, model.observed_views(batch)).numpy()
+        mus, _ = model.encode(batch)
+        got = model.cross_reconstruction(batch, mus, model.observed_views(batch)).numpy()
         c = model.prior.cross().numpy()
     mu_a, mu_b = (m.numpy() for m in mus)
 
@@ -346,7 +345,8 @@ def test_cross_reconstruction_decodes_each_view_from_the_prior_conditional_of_th
     ref0 = nll("b", mu_a[0] @ c.T, b[0]) + nll("a", mu_b[0] @ c, a[0])
     np.testing.assert_allclose(got, [ref0, 0.0, 0.0], rtol=1e-10, atol=1e-10)
 
-    # the loss adds cross_weight × this term to the reconstruction (the same weights, no draws)
+    # the loss adds cross_weight × this term, on the draws its reconstruction used (here the means)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
     with torch.no_grad():
         with_term = model.loss(batch).loss.item()
         model.config.cross_weight = 0.0

@@ -438,44 +438,49 @@ class JPVAE(ImputationModel):
         return torch.stack([batch.view_observed(v) for v in self.view_names], dim=1)
 
     # -- training
+    def observed_log_lik(self, info: ViewInfo, raw: torch.Tensor, batch: MultiViewBatch) -> torch.Tensor:
+        """Per row, the log-likelihood of the view's observed entries under the decoder output `raw`."""
+        return (lk.log_prob(info.likelihood, raw, batch.values[info.name]) * batch.masks[info.name]).sum(-1)
+
     def loss(self, batch: MultiViewBatch, progress: float = 1.0) -> LossOutput:
         mus, logvars = self.encode(batch)
         observed = self.observed_views(batch)
         comps: dict[str, float] = {}
         rec = torch.zeros(len(batch), device=mus[0].device)
+        draws = []
         for info, mu, logvar in zip(self.view_infos, mus, logvars, strict=True):
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            raw = self.decode(info.name, z)
-            ll = (lk.log_prob(info.likelihood, raw, batch.values[info.name]) * batch.masks[info.name]).sum(-1)
+            draws.append(z)
+            ll = self.observed_log_lik(info, self.decode(info.name, z), batch)
             rec = rec - ll
             comps[f"rec_{info.name}"] = float(-ll.detach().mean())
-        if self.config.cross_weight > 0 and self.prior.kind != "independent":
-            cross = self.cross_reconstruction(batch, mus, logvars, observed)
-            rec = rec + self.config.cross_weight * cross
-            comps["cross"] = float(cross.detach().mean())
         kl = self.prior.kl(mus, logvars, observed)
         beta = self.config.kl_weight * cyclical_kl_weight(progress, self.config.kl_cycles)
-        total = (rec + beta * kl).mean()
+        per_row = rec + beta * kl
+        if self.config.cross_weight > 0 and self.prior.kind != "independent":  # independent: Σ_vu = 0
+            cross = self.cross_reconstruction(batch, draws, observed)
+            per_row = per_row + self.config.cross_weight * cross
+            comps["cross"] = float(cross.detach().mean())
         comps.update(rec=float(rec.detach().mean()), kl=float(kl.detach().mean()), beta_kl=beta)
-        return LossOutput(total, comps)
+        return LossOutput(per_row.mean(), comps)
 
-    def cross_reconstruction(self, batch, mus, logvars, observed) -> torch.Tensor:
+    def cross_reconstruction(
+        self, batch: MultiViewBatch, draws: list[torch.Tensor], observed: torch.Tensor
+    ) -> torch.Tensor:
         """Per row, the negative log-likelihood of each observed view decoded from the prior's
-        conditional mean given a draw of each other observed view's latent: E[z_v | z_u] = Σ_vu z_u
-        (Σ_uu = I). Not in the paper: it trains the decoders on what a whole missing view is imputed
-        from, a latent predicted from another view."""
+        conditional mean given the other observed views' latent draws (`draws`, the ones the
+        reconstruction used), one at a time: E[z_v | z_u] = Σ_vu z_u (Σ_uu = I). Not in the paper: it
+        trains the decoders on what a whole missing view is imputed from, a latent predicted from
+        another view."""
         sigma = self.prior.covariance()
-        out = torch.zeros(len(batch), device=mus[0].device)
-        draws = [mu + torch.randn_like(mu) * torch.exp(0.5 * lv) for mu, lv in zip(mus, logvars, strict=True)]
+        out = torch.zeros(len(batch), device=draws[0].device, dtype=draws[0].dtype)
         for v, info in enumerate(self.view_infos):
             for u in range(len(self.view_infos)):
                 if u == v:
                     continue
                 both = (observed[:, u] & observed[:, v]).to(out.dtype)
                 block = sigma[self.prior.indices([v])][:, self.prior.indices([u])]
-                raw = self.decode(info.name, draws[u] @ block.T)
-                ll = (lk.log_prob(info.likelihood, raw, batch.values[info.name]) * batch.masks[info.name]).sum(-1)
-                out = out - both * ll
+                out = out - both * self.observed_log_lik(info, self.decode(info.name, draws[u] @ block.T), batch)
         return out
 
     @torch.no_grad()
