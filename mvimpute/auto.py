@@ -17,6 +17,12 @@ kept, reported). Candidates are fitted without the conformal calibration; only t
 calibrated (on the same split, as its own fit would have), so `auto` costs less than fitting every
 candidate on its own. Under `mvimpute tune --model auto` each candidate is a Ray Tune trial instead.
 
+`cv_folds` = K ≥ 2 (in-process only; 0, off, by default) ranks on K folds instead of the one split:
+each candidate is fitted K times, each time with one fold of the rows as its validation data, and
+its score is pooled over the K folds' hidden entries (every row is a validation row once); the
+winner is then fitted once more as without folds (its own split, calibrated). For small data, where
+one split holds a handful of rows; it costs about K + 1 fits of each candidate.
+
 Torch-free at import (the command line reads the names and defaults).
 """
 
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from .names import AUTO
 
@@ -44,7 +52,9 @@ TIE_TOLERANCE = 0.01  # relative: within 1 % of the best score is a tie
 # 1.0 (the one-standard-error rule) auto lost RMSE and CRPS on the evaluate grid at n = 40 and 100,
 # as "cheaper" (KNN) is not "safer" than MICE there (docs/auto.md)
 TIE_SE = 0.0
-AUTO_KEYS = ("candidates", "budget", "tie_tolerance", "tie_se")
+# folds of the rows to rank on (in-process); 0: the one validation split of the candidates' own fit
+CV_FOLDS = 0
+AUTO_KEYS = ("candidates", "budget", "tie_tolerance", "tie_se", "cv_folds")
 
 
 def parse_candidates(candidates) -> dict[str, dict]:
@@ -106,17 +116,29 @@ def check_tie_se(tie_se) -> float:
     return float(tie_se)
 
 
+def check_cv_folds(folds) -> int:
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
+        raise ValueError(f"cv_folds must be 0 (one validation split) or a whole number of folds >= 2, got {folds!r}")
+    return int(folds)
+
+
 class AutoSettings:
     """The checked settings of `model="auto"`: candidates (name → params, cheapest first), budget (s),
-    the tie rule (relative tolerance, standard errors)."""
+    the tie rule (relative tolerance, standard errors), the folds to rank on."""
 
     def __init__(
-        self, candidates=DEFAULT_CANDIDATES, budget=DEFAULT_BUDGET, tie_tolerance=TIE_TOLERANCE, tie_se=TIE_SE
+        self,
+        candidates=DEFAULT_CANDIDATES,
+        budget=DEFAULT_BUDGET,
+        tie_tolerance=TIE_TOLERANCE,
+        tie_se=TIE_SE,
+        cv_folds=CV_FOLDS,
     ) -> None:
         self.candidates = parse_candidates(candidates)
         self.budget = check_budget(budget)
         self.tie_tolerance = check_tolerance(tie_tolerance)
         self.tie_se = check_tie_se(tie_se)
+        self.cv_folds = check_cv_folds(cv_folds)
 
     @classmethod
     def from_params(cls, params: Mapping) -> AutoSettings:
@@ -131,7 +153,46 @@ class AutoSettings:
             "budget": self.budget,
             "tie_tolerance": self.tie_tolerance,
             "tie_se": self.tie_se,
+            "cv_folds": self.cv_folds,
         }
+
+
+def fold_rows(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """K folds of `n` rows (a permutation by `seed`, cut in K parts of sizes differing by at most one),
+    each sorted; a `ValueError` where a fold would hold fewer than 2 rows."""
+    if n < 2 * folds:
+        raise ValueError(f"cv_folds={folds} needs at least {2 * folds} samples (2 validation rows per fold), got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(perm, folds)]
+
+
+def pool_folds(scores: Sequence[Mapping], metric: str, view_weight: float | None) -> dict:
+    """One score of K folds' `training.final_validation_score`s, as if their hidden entries were one
+    split: `val_crps` and `val_rmse` over all hidden entries, `kinds` (whole views, single entries)
+    summed by kind, `val_score` their mix with `view_weight` (`training.mix_of_kinds`; the share of the
+    data's missing entries in whole missing views: every row is a validation row once), and `rows`
+    (per-row sums, for the standard errors) concatenated fold after fold where every fold has them."""
+    from .training import mix_of_kinds
+
+    sums: dict[str, list[float]] = {}  # kind -> [squared error, entries, CRPS]
+    for s in scores:
+        for kind, k in (s.get("kinds") or {}).items():
+            acc = sums.setdefault(kind, [0.0, 0, 0.0])
+            acc[0] += k["rmse"] ** 2 * k["count"]
+            acc[1] += k["count"]
+            acc[2] += k.get("crps", math.nan) * k["count"]
+    sse, count, crps = (sum(a[i] for a in sums.values()) for i in range(3))
+    out: dict = {
+        "val_rmse": math.sqrt(sse / count) if count else math.nan,
+        "val_crps": crps / count if count else math.nan,
+        "kinds": {k: {"rmse": math.sqrt(a[0] / a[1]), "count": a[1], "crps": a[2] / a[1]} for k, a in sums.items()},
+        "view_weight": view_weight,
+    }
+    out["val_score"] = mix_of_kinds(out, metric, view_weight)
+    if scores and all(s.get("rows") for s in scores):
+        keys = set.intersection(*(set(s["rows"]) for s in scores))
+        out["rows"] = {k: [x for s in scores for x in s["rows"][k]] for k in keys}
+    return out
 
 
 def paired_standard_error(
@@ -242,11 +303,14 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "TIE_SE",
     "TIE_TOLERANCE",
+    "CV_FOLDS",
     "AutoSettings",
     "cost_rank",
+    "fold_rows",
     "paired_standard_error",
     "parse_candidates",
     "pick_winner",
+    "pool_folds",
     "selection_table",
     "without_row_scores",
 ]

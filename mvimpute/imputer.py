@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .auto import AUTO, AutoSettings, pick_winner, without_row_scores
+from .auto import AUTO, AutoSettings, fold_rows, pick_winner, pool_folds, without_row_scores
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
@@ -34,6 +34,7 @@ from .training import (
     settings_for,
     shuffled_batches,
     steps_per_epoch,
+    whole_view_share,
 )
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
@@ -365,6 +366,23 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
     train_params = dict(imp.auto_train_params_)
     calibrate = train_params.pop("calibrate", True)
     budget = settings.budget
+    folds = settings.cv_folds
+    if folds and validation is not None:
+        raise ValueError("cv_folds ranks on folds of the data's own rows: give no validation data with it")
+    seed = int(train_params.get("seed", TrainConfig.seed))
+    # (training rows, validation rows) per fold; (None, None): the candidate's own split
+    splits = (
+        [(np.setdiff1d(np.arange(data.n_samples), v), v) for v in fold_rows(data.n_samples, folds, seed)]
+        if folds
+        else [(None, None)]
+    )
+
+    def make(name, params, calibrate):
+        return MultiViewImputer(
+            name, likelihoods=imp.likelihoods or None, scalings=imp.scalings or None,
+            **params, **train_params, calibrate=calibrate,
+        )  # fmt: skip
+
     t0 = time.perf_counter()
     rows: list[dict] = []
     fitted: dict[str, MultiViewImputer] = {}
@@ -378,20 +396,30 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
             if on_candidate is not None:
                 on_candidate(name, row)
             continue
-        cand = MultiViewImputer(
-            name, likelihoods=imp.likelihoods or None, scalings=imp.scalings or None,
-            **params, **train_params, calibrate=False,
-        )  # fmt: skip
         one_pass = bool(MODEL_REGISTRY[name].one_pass)
-        limit = None if (budget is None or one_pass) else max(budget - elapsed, 1e-3)
         c0 = time.perf_counter()
-        cand.fit(data, validation=validation, on_epoch=on_epoch, time_limit=limit)
-        if cand.validation_set_ is None:
-            raise ValueError(
-                "model 'auto' ranks candidates on the validation split: give val_frac > 0 and at least "
-                f"20 samples (got {data.n_samples}), or validation data"
-            )
-        scores = final_validation_score(cand.model_, cand.validation_set_, cand.train_config)
+        stopped = False
+        fold_scores = []
+        for train_rows, val_rows in splits:  # K folds, or the one split of the candidate's own fit
+            cand = make(name, params, calibrate=False)
+            limit = None if (budget is None or one_pass) else max(budget - (time.perf_counter() - t0), 1e-3)
+            if train_rows is None:
+                cand.fit(data, validation=validation, on_epoch=on_epoch, time_limit=limit)
+            else:
+                cand.fit(data.subset(train_rows), validation=data.subset(val_rows), on_epoch=on_epoch, time_limit=limit)
+            if cand.validation_set_ is None:
+                raise ValueError(
+                    "model 'auto' ranks candidates on the validation split: give val_frac > 0 and at least "
+                    f"20 samples (got {data.n_samples}), or validation data"
+                )
+            fold_scores.append(final_validation_score(cand.model_, cand.validation_set_, cand.train_config))
+            stopped = stopped or getattr(cand, "stopped_at_time_limit_", False)
+        if folds:
+            metric_name = cand.train_config.val_score
+            scores = pool_folds(fold_scores, metric_name, whole_view_share(data))
+            row["fold_scores"] = [s["val_score"] for s in fold_scores]
+        else:
+            scores = fold_scores[0]
         row.update(
             val_score=scores["val_score"],
             val_crps=scores.get("val_crps", math.nan),
@@ -403,7 +431,7 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
             best_epoch=int(cand.best_epoch_ or 0),
             status="ok",
         )
-        if getattr(cand, "stopped_at_time_limit_", False):
+        if stopped:
             row.update(status="stopped at budget", note=f"epochs stopped at the budget after {len(cand.history_)}")
         rows.append(row)
         fitted[name] = cand
@@ -414,8 +442,11 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
     rows = without_row_scores(rows)
     winner = fitted[winner_name]
     c0 = time.perf_counter()
+    if folds:  # the winner of the folds, fitted as without them: on its own split, calibrated there
+        winner = make(winner_name, settings.candidates[winner_name], calibrate=calibrate)
+        winner.fit(data, on_epoch=on_epoch)
     cfg = replace(winner.train_config, calibrate=calibrate)
-    if calibrate:
+    if calibrate and not folds:
         val = winner.validation_set_
         winner.model_.calibrate(calibration_sets(val, cfg.val_hide_frac, cfg.seed), cfg.calibration_samples)
     for r in rows:
@@ -435,9 +466,11 @@ def _fit_auto(imp, views, validation=None, on_epoch=None, on_candidate=None) -> 
         "tie_tolerance": settings.tie_tolerance,
         "tie_se": settings.tie_se,
         "budget_seconds": budget,
+        "cv_folds": folds,
         "cost_order": list(settings.candidates),  # cheapest first (`auto.COST_ORDER`)
         "seconds": total,
-        "calibration_seconds": time.perf_counter() - c0 if calibrate else 0.0,
+        # the winner's calibration; with folds, its fit on the whole data as well
+        "calibration_seconds": time.perf_counter() - c0 if (calibrate or folds) else 0.0,
         "candidates": rows,
     }
 

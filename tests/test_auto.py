@@ -287,6 +287,10 @@ def test_a_deep_candidate_stops_its_epochs_at_the_time_left():
         ({"tie_se": -1}, "tie_se"),
         ({"tie_se": "one"}, "tie_se"),
         ({"alpha": 0.9}, "alpha"),
+        ({"cv_folds": 1}, "cv_folds"),
+        ({"cv_folds": -2}, "cv_folds"),
+        ({"cv_folds": 2.5}, "cv_folds"),
+        ({"cv_folds": True}, "cv_folds"),
     ],
 )
 def test_bad_auto_settings_are_value_errors_naming_the_field(params, field):
@@ -296,6 +300,66 @@ def test_bad_auto_settings_are_value_errors_naming_the_field(params, field):
 
     with pytest.raises(ValueError, match=field):
         load_job_config({"model": "auto", "model_params": params})
+
+
+def test_folds_cover_every_row_once_and_follow_the_seed():
+    from mvimpute.auto import fold_rows
+
+    folds = fold_rows(23, 5, seed=3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(23))  # a partition
+    assert {len(f) for f in folds} == {4, 5}  # sizes differ by at most one
+    assert all(np.all(np.diff(f) > 0) for f in folds)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, fold_rows(23, 5, seed=3), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, fold_rows(23, 5, seed=4), strict=True))
+    with pytest.raises(ValueError, match="cv_folds=5 needs at least 10 samples"):
+        fold_rows(9, 5, seed=0)
+
+
+def test_cv_folds_rank_on_every_row_and_refit_the_winner_on_its_own_split():
+    """With `cv_folds`, each candidate's score is that of its K fold fits' hidden entries taken
+    together: checked against the fits made here by hand and summed from their per-row sums (not
+    from the per-kind sums the pooling adds up); the winner is the lowest pooled score, fitted again
+    on its own validation split and calibrated there."""
+    from mvimpute.auto import fold_rows
+    from mvimpute.training import final_validation_score
+
+    data = masking.corrupt(linear_views(60, seed=2), mcar_rate=0.1, seed=1).data  # single entries missing
+    cands = {"mean": {}, "knn": {"k": 5}}
+    imp = mvi.MultiViewImputer("auto", candidates=cands, cv_folds=3, **FAST).fit(data)
+    sel = imp.selection_
+    assert sel["cv_folds"] == 3
+    rows = {r["model"]: r for r in sel["candidates"]}
+    for name, params in cands.items():
+        crps, count, fold_scores = 0.0, 0, []
+        for val in fold_rows(data.n_samples, 3, FAST.get("seed", 0)):
+            train = np.setdiff1d(np.arange(data.n_samples), val)
+            one = mvi.MultiViewImputer(name, **params, **FAST, calibrate=False)
+            one.fit(data.subset(train), validation=data.subset(val))
+            s = final_validation_score(one.model_, one.validation_set_, one.train_config)
+            crps, count = crps + sum(s["rows"]["crps"]), count + sum(s["rows"]["count"])
+            fold_scores.append(s["val_score"])
+        assert count > 0
+        # the data miss single entries only: the score is the CRPS of the hidden single entries
+        assert rows[name]["view_weight"] == 0.0
+        entries = rows[name]["val_crps"]
+        assert entries == pytest.approx(crps / count, rel=1e-9)
+        assert rows[name]["fold_scores"] == pytest.approx(fold_scores, rel=1e-9)
+    best = min(rows.values(), key=lambda r: r["val_score"])
+    assert imp.model_name == best["model"] or rows[imp.model_name]["val_score"] <= best["val_score"] * 1.01
+    alone = mvi.MultiViewImputer(imp.model_name, **cands[imp.model_name], **FAST).fit(data)
+    assert np.array_equal(imp.validation_index_, alone.validation_index_)  # its own split, not a fold
+    assert bool(imp.model_.calibration.fitted)
+    np.testing.assert_allclose(imp.transform(data.views)["b"], alone.transform(data.views)["b"])
+
+
+def test_cv_folds_refuse_validation_data_and_the_ray_runners():
+    data = linear_views(60)
+    with pytest.raises(ValueError, match="cv_folds"):
+        mvi.MultiViewImputer("auto", candidates=["mean"], cv_folds=3, **FAST).fit(data, validation=linear_views(20))
+    from mvimpute.config import load_job_config
+
+    with pytest.raises(ValueError, match="cv_folds ranks on folds in-process"):
+        load_job_config({"model": "auto", "model_params": {"cv_folds": 3}})
 
 
 def test_cli_fit_model_auto_prints_the_table(tmp_path):
