@@ -221,7 +221,8 @@ def fit(
         from .auto import selection_table
 
         sel = imp.selection_
-        typer.echo(f"auto: candidates ranked on {sel['metric']} of the validation split (* the winner)")
+        where = f"{sel['cv_folds']} folds of the rows" if sel.get("cv_folds") else "the validation split"
+        typer.echo(f"auto: candidates ranked on {sel['metric']} of {where} (* the winner)")
         typer.echo(selection_table(sel["candidates"], sel["winner"]))
     typer.echo(
         f"fitted {imp.model_name if imp.selection_ is None else 'auto → ' + imp.model_name} on "

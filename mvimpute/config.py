@@ -165,11 +165,7 @@ class TrainJobConfig(BaseModel):
         if self.model == AUTO:
             from .auto import AutoSettings
 
-            if AutoSettings.from_params(self.model_params).cv_folds:  # candidates, budget, ties checked
-                raise ValueError(
-                    "cv_folds ranks on folds in-process (MultiViewImputer, mvimpute fit); "
-                    "train and tune rank each candidate's run on its validation split"
-                )
+            AutoSettings.from_params(self.model_params)  # candidates, budget, tie_tolerance checked
         else:
             from .models import MODEL_REGISTRY
             from .models.base import config_from_kwargs

@@ -357,9 +357,10 @@ def test_cv_folds_refuse_validation_data_and_the_ray_runners():
     with pytest.raises(ValueError, match="cv_folds"):
         mvi.MultiViewImputer("auto", candidates=["mean"], cv_folds=3, **FAST).fit(data, validation=linear_views(20))
     from mvimpute.config import load_job_config
+    from mvimpute.jobs.auto import settings_of
 
     with pytest.raises(ValueError, match="cv_folds ranks on folds in-process"):
-        load_job_config({"model": "auto", "model_params": {"cv_folds": 3}})
+        settings_of(load_job_config({"model": "auto", "model_params": {"cv_folds": 3}}))
 
 
 def test_cli_fit_model_auto_prints_the_table(tmp_path):
@@ -379,6 +380,11 @@ def test_cli_fit_model_auto_prints_the_table(tmp_path):
     assert mvi.MultiViewImputer.load(out).selection_["winner"] in ("mean", "knn")
     bad = CliRunner().invoke(app, ["fit", "--model", "auto", "-p", "budget=0", "--out", str(out)])
     assert bad.exit_code != 0 and "budget" in bad.output
+    folds = CliRunner().invoke(app, ["fit", "--data", "synthetic-omics", "--model", "auto", "--out", str(out),
+                                     "-p", "candidates=[mean,knn]", "-p", "cv_folds=3", "--no-progress"])  # fmt: skip
+    assert folds.exit_code == 0, folds.output
+    assert "candidates ranked on val_crps of 3 folds of the rows" in folds.output
+    assert mvi.MultiViewImputer.load(out).selection_["cv_folds"] == 3
 
 
 # ----------------------------------------------------------------------------- the jobs: train and tune

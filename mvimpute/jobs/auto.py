@@ -24,7 +24,14 @@ from ..engine.search import default_space, load_space
 
 
 def settings_of(job: TrainJobConfig) -> AutoSettings:
-    return AutoSettings.from_params(job.model_params)
+    """The auto settings of a `train` or `tune` job: `cv_folds` is refused (folds are for the in-process fit)."""
+    settings = AutoSettings.from_params(job.model_params)
+    if settings.cv_folds:
+        raise ValueError(
+            "cv_folds ranks on folds in-process (MultiViewImputer, mvimpute fit); "
+            "train and tune rank each candidate's run on its validation split"
+        )
+    return settings
 
 
 def candidate_job(job: TrainJobConfig, name: str, params: Mapping) -> TrainJobConfig:
