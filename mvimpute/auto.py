@@ -166,35 +166,6 @@ def fold_rows(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(perm, folds)]
 
 
-def pool_folds(scores: Sequence[Mapping], metric: str, view_weight: float | None) -> dict:
-    """One score of K folds' `training.final_validation_score`s, as if their hidden entries were one
-    split: `val_crps` and `val_rmse` over all hidden entries, `kinds` (whole views, single entries)
-    summed by kind, `val_score` their mix with `view_weight` (`training.mix_of_kinds`; the share of the
-    data's missing entries in whole missing views: every row is a validation row once), and `rows`
-    (per-row sums, for the standard errors) concatenated fold after fold where every fold has them."""
-    from .training import mix_of_kinds
-
-    sums: dict[str, list[float]] = {}  # kind -> [squared error, entries, CRPS]
-    for s in scores:
-        for kind, k in (s.get("kinds") or {}).items():
-            acc = sums.setdefault(kind, [0.0, 0, 0.0])
-            acc[0] += k["rmse"] ** 2 * k["count"]
-            acc[1] += k["count"]
-            acc[2] += k.get("crps", math.nan) * k["count"]
-    sse, count, crps = (sum(a[i] for a in sums.values()) for i in range(3))
-    out: dict = {
-        "val_rmse": math.sqrt(sse / count) if count else math.nan,
-        "val_crps": crps / count if count else math.nan,
-        "kinds": {k: {"rmse": math.sqrt(a[0] / a[1]), "count": a[1], "crps": a[2] / a[1]} for k, a in sums.items()},
-        "view_weight": view_weight,
-    }
-    out["val_score"] = mix_of_kinds(out, metric, view_weight)
-    if scores and all(s.get("rows") for s in scores):
-        keys = set.intersection(*(set(s["rows"]) for s in scores))
-        out["rows"] = {k: [x for s in scores for x in s["rows"][k]] for k in keys}
-    return out
-
-
 def paired_standard_error(
     a: Mapping | None, b: Mapping | None, metric: str, view_weight: float | None = None
 ) -> float | None:
@@ -310,7 +281,6 @@ __all__ = [
     "paired_standard_error",
     "parse_candidates",
     "pick_winner",
-    "pool_folds",
     "selection_table",
     "without_row_scores",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .auto import AUTO, AutoSettings, fold_rows, pick_winner, pool_folds, without_row_scores
+from .auto import AUTO, AutoSettings, fold_rows, pick_winner, without_row_scores
 from .batch import MultiViewBatch
 from .checkpoint import load_checkpoint, save_checkpoint, view_infos
 from .data.multiview import MultiViewData, ViewSchema, as_multiview, check_magnitude
@@ -30,6 +30,7 @@ from .training import (
     holdout_rows,
     make_validation_set,
     parse_device,
+    pool_folds,
     resolve_device,
     settings_for,
     shuffled_batches,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -211,6 +211,33 @@ def mix_of_kinds(scores: Mapping[str, float], metric: str, weight: float | None)
     if metric == "rmse":
         return math.sqrt(weight * views**2 + (1 - weight) * entries**2)
     return weight * views + (1 - weight) * entries
+
+
+def pool_folds(scores: Sequence[Mapping], metric: str, view_weight: float | None) -> dict:
+    """One score of K folds' `final_validation_score`s (`model="auto"` with `cv_folds`), as if their
+    hidden entries were one split: `val_crps` and `val_rmse` over all hidden entries, `kinds` (whole views, single entries)
+    summed by kind, `val_score` their mix with `view_weight` (`mix_of_kinds`; the share of the
+    data's missing entries in whole missing views: every row is a validation row once), and `rows`
+    (per-row sums, for the standard errors) concatenated fold after fold where every fold has them."""
+    sums: dict[str, list[float]] = {}  # kind -> [squared error, entries, CRPS]
+    for s in scores:
+        for kind, k in (s.get("kinds") or {}).items():
+            acc = sums.setdefault(kind, [0.0, 0, 0.0])
+            acc[0] += k["rmse"] ** 2 * k["count"]
+            acc[1] += k["count"]
+            acc[2] += k.get("crps", math.nan) * k["count"]
+    sse, count, crps = (sum(a[i] for a in sums.values()) for i in range(3))
+    out: dict = {
+        "val_rmse": math.sqrt(sse / count) if count else math.nan,
+        "val_crps": crps / count if count else math.nan,
+        "kinds": {k: {"rmse": math.sqrt(a[0] / a[1]), "count": a[1], "crps": a[2] / a[1]} for k, a in sums.items()},
+        "view_weight": view_weight,
+    }
+    out["val_score"] = mix_of_kinds(out, metric, view_weight)
+    if scores and all(s.get("rows") for s in scores):
+        keys = set.intersection(*(set(s["rows"]) for s in scores))
+        out["rows"] = {k: [x for s in scores for x in s["rows"][k]] for k in keys}
+    return out
 
 
 # per-row validation scores are kept (for `auto`'s standard errors) up to this many validation rows;
