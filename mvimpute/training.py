@@ -216,9 +216,10 @@ def mix_of_kinds(scores: Mapping[str, float], metric: str, weight: float | None)
 def pool_folds(scores: Sequence[Mapping], metric: str, view_weight: float | None) -> dict:
     """One score of K folds' `final_validation_score`s (`model="auto"` with `cv_folds`), as if their
     hidden entries were one split: `val_crps` and `val_rmse` over all hidden entries, `kinds` (whole
-    views, single entries) summed by kind, `val_score` their mix with `view_weight` (`mix_of_kinds`; the share of the
-    data's missing entries in whole missing views: every row is a validation row once), and `rows`
-    (per-row sums, for the standard errors) concatenated fold after fold where every fold has them."""
+    views, single entries) summed by kind, `val_score` their mix with `view_weight` (`mix_of_kinds`;
+    the share of the data's missing entries in whole missing views: every row is a validation row
+    once), and `rows` (per-row sums, for the standard errors) concatenated fold after fold where every
+    fold has them."""
     sums: dict[str, list[float]] = {}  # kind -> [squared error, entries, CRPS]
     for s in scores:
         for kind, k in (s.get("kinds") or {}).items():

@@ -544,5 +544,13 @@ def test_the_auto_grid_table_against_a_hand_computed_cell(tmp_path):
     # auto: RMSE 1.15 over KNN's 1.0, CRPS 0.42 over MICE's 0.4, CPU 3 over 1 + 1 + 2
     assert "| 1.150 (knn 1) | 1.050 (mice 0.4) | 0.900 |" in table and "| 0.75 |" in table
     assert "RMSE ≤ 1.02× best in 0, CRPS ≤ 1.02× best in 0, coverage in 0.87–0.93 in 1" in table
-    other = evaluate_auto.summary(path, label=evaluate_auto.auto_label(["tie_se=1"]))
+    big = [{**r, "n": 1000, "rmse": 1.0 if r["method"] == "auto" else r["rmse"]} for r in rows]  # auto = the best
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + big))
+    both = evaluate_auto.summary(path)  # the two cells' ratios averaged: RMSE (1.15 + 1) / 2
+    assert "RMSE / best mean 1.075 (worst 1.150), CRPS / best mean 1.050 (worst 1.050)" in both
+    assert "time / the candidates' median 0.75" in both
+    assert "| 1.150 (knn 1) |" in evaluate_auto.summary(path, sizes=[40])
+    only_big = evaluate_auto.summary(path, sizes=[1000])
+    assert "cells 1:" in only_big and "RMSE / best mean 1.000" in only_big
+    other = evaluate_auto.summary(path, label=evaluate_auto.auto_label(["tie_se=1"]), sizes=[40])
     assert "| 2.000 (knn 1) |" in other and "not worse than the column mean (RMSE and CRPS) in 1" in other
